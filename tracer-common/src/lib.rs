@@ -1,0 +1,339 @@
+//! Types and constants shared by the eBPF programs and the userspace collector.
+//!
+//! Everything here is `#[repr(C)]`, free of `bool`/enums/`Option`, and has its
+//! size asserted at compile time, so both sides agree on the layout. States and
+//! kinds travel as raw integers; userspace converts them with `TryFrom`.
+#![no_std]
+
+pub mod account;
+pub mod hist;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+    /// Number of slots per dimension of the transition matrix (states 0..=12).
+    pub const COUNT: usize = 13;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+pub const TASK_COMM_LEN: usize = 16;
+
+/// errno values the kernel leaves in `sk_err` when it closes a socket.
+pub mod errno {
+    pub const EPIPE: u16 = 32;
+    pub const ENETUNREACH: u16 = 101;
+    pub const ECONNRESET: u16 = 104;
+    pub const ETIMEDOUT: u16 = 110;
+    pub const ECONNREFUSED: u16 = 111;
+    pub const EHOSTUNREACH: u16 = 113;
+}
+
+/// Which side opened the connection.
+pub mod dir {
+    /// Seen first in an unknown state (it existed before the tracer started).
+    pub const UNKNOWN: u8 = 0;
+    /// This host called connect(): CLOSE→SYN_SENT.
+    pub const ACTIVE: u8 = 1;
+    /// Accepted from a listener: LISTEN→SYN_RECV.
+    pub const PASSIVE: u8 = 2;
+}
+
+/// How a transition into CLOSE ended the connection, decided in the kernel
+/// from the old state, `sk_err` and the SOCK_DONE flag (see README "Close
+/// classification"). `NONE` for transitions that do not enter CLOSE.
+pub mod close {
+    pub const NONE: u8 = 0;
+    /// FIN_WAIT2/CLOSING → CLOSE with the peer's FIN received: the connection
+    /// moved into a TIME_WAIT sock.
+    pub const TIME_WAIT: u8 = 1;
+    /// FIN_WAIT2 → CLOSE before the peer's FIN (orphaned socket): parked in a
+    /// FIN_WAIT2 timewait minisock, which becomes TIME_WAIT when the FIN comes.
+    pub const FIN_WAIT2_PARKED: u8 = 2;
+    /// LAST_ACK → CLOSE: passive close completed.
+    pub const LAST_ACK: u8 = 3;
+    /// X → CLOSE with `sk_err` = 0 from a synchronized state: this host aborted
+    /// (close() with SO_LINGER 0, or data left unread) and sends a RST.
+    pub const RESET_SENT: u8 = 4;
+    /// X → CLOSE with ECONNRESET/EPIPE: a RST from the peer.
+    pub const RESET_RECEIVED: u8 = 5;
+    /// X → CLOSE with ETIMEDOUT after ESTABLISHED: retransmission/keepalive timeout.
+    pub const TIMEOUT: u8 = 6;
+    /// SYN_SENT → CLOSE with ECONNREFUSED.
+    pub const CONNECT_REFUSED: u8 = 7;
+    /// SYN_SENT → CLOSE with ETIMEDOUT (SYN retransmits exhausted).
+    pub const CONNECT_TIMEOUT: u8 = 8;
+    /// SYN_SENT → CLOSE with EHOSTUNREACH/ENETUNREACH.
+    pub const CONNECT_UNREACHABLE: u8 = 9;
+    /// SYN_SENT → CLOSE with `sk_err` = 0: closed by the application first.
+    pub const CONNECT_ABORTED: u8 = 10;
+    /// SYN_RECV → CLOSE: an accepted child died before ESTABLISHED.
+    pub const PASSIVE_FAILED: u8 = 11;
+    /// LISTEN → CLOSE: a listener was closed.
+    pub const LISTENER_CLOSED: u8 = 12;
+    /// Anything else (another errno).
+    pub const OTHER: u8 = 13;
+    pub const COUNT: usize = 14;
+}
+
+/// Indices into the `COUNTERS` per-CPU array. Every one is exact: it is bumped
+/// in the kernel at the transition, whether or not the event reached userspace.
+pub mod counter {
+    /// TCP transitions that passed the filters.
+    pub const TRANSITIONS: u32 = 0;
+    /// Events the ring buffer had no room for.
+    pub const RINGBUF_DROPS: u32 = 1;
+    /// A socket's second or later transition found no in-flight entry: evicted
+    /// from the LRU map, or the socket predates the tracer.
+    pub const INFLIGHT_MISSING: u32 = 2;
+    /// Inserting an in-flight entry failed.
+    pub const INFLIGHT_INSERT_FAILED: u32 = 3;
+    /// The per-flow breakdown table was full: the flow's numbers are only in the totals.
+    pub const FLOW_TABLE_FULL: u32 = 4;
+    /// CLOSE → SYN_SENT (connect() called).
+    pub const CONNECT_ATTEMPTS: u32 = 5;
+    /// SYN_SENT → ESTABLISHED.
+    pub const ACTIVE_ESTABLISHED: u32 = 6;
+    /// SYN_RECV → ESTABLISHED.
+    pub const PASSIVE_ESTABLISHED: u32 = 7;
+    /// ESTABLISHED → FIN_WAIT1: this host closed first.
+    pub const CLOSE_LOCAL_FIRST: u32 = 8;
+    /// ESTABLISHED → CLOSE_WAIT: the peer closed first.
+    pub const CLOSE_PEER_FIRST: u32 = 9;
+    /// FIN_WAIT1 → CLOSING: both sides closed at once.
+    pub const CLOSE_SIMULTANEOUS: u32 = 10;
+    /// Active handshakes that needed SYN retransmits.
+    pub const ACTIVE_HANDSHAKE_RETRANS: u32 = 11;
+    /// Passive handshakes that needed SYN-ACK retransmits.
+    pub const PASSIVE_HANDSHAKE_RETRANS: u32 = 12;
+    /// Transitions dropped by the filters (not counted anywhere else).
+    pub const FILTERED_OUT: u32 = 13;
+    /// Non-TCP sockets (MPTCP, SCTP) seen on the tracepoint and ignored.
+    pub const NON_TCP: u32 = 14;
+    /// First of `close::COUNT` slots: X → CLOSE by close kind.
+    pub const CLOSE_BASE: u32 = 16;
+    /// First of 3 slots (indexed by `dir::*`): entries into the timewait table
+    /// (`close::TIME_WAIT` + `close::FIN_WAIT2_PARKED`) by who opened the connection.
+    pub const TIME_WAIT_BY_DIR: u32 = CLOSE_BASE + super::close::COUNT as u32;
+    pub const COUNT: u32 = TIME_WAIT_BY_DIR + 3;
+}
+
+/// Histogram slots in the `HISTS` per-CPU array.
+pub mod hist_kind {
+    /// SYN_SENT → ESTABLISHED, measured CLOSE→SYN_SENT to SYN_SENT→ESTABLISHED.
+    pub const ACTIVE: u32 = 0;
+    /// Same, for connects whose SYN was retransmitted.
+    pub const ACTIVE_RETRANS: u32 = 1;
+    /// Passive side: the kernel's SYN-ACK→ACK round trip (`srtt_us` at SYN_RECV→ESTABLISHED).
+    pub const PASSIVE: u32 = 2;
+    /// Same, for handshakes whose SYN-ACK was retransmitted.
+    pub const PASSIVE_RETRANS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Bits in `Event::flags` and `SockState::flags`.
+pub mod flag {
+    /// The owner pid/comm were captured in the owner's own context.
+    pub const OWNER_KNOWN: u8 = 1;
+    /// `in_state_ns` is valid (the previous transition was seen).
+    pub const DURATION_KNOWN: u8 = 2;
+    /// The handshake needed retransmits (`retrans` > 0).
+    pub const RETRANS: u8 = 4;
+    /// SockState: a transition is waiting for the filter verdict (tuple incomplete).
+    pub const DEFERRED: u8 = 8;
+    /// SockState: the socket matched the filters once; later transitions keep matching.
+    pub const MATCHED: u8 = 16;
+}
+
+/// Byte offsets of the kernel fields the programs read, computed in userspace
+/// from /sys/kernel/btf/vmlinux (aya applies no CO-RE relocations to Rust-built
+/// objects) and written into the object as a load-time global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    pub sk_flags: u32,
+    pub inet_sport: u32,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    pub bytes_received: u32,
+    pub bytes_acked: u32,
+    /// 1 once userspace filled this in; the programs do nothing while it is 0.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+
+/// Filters, evaluated in the kernel. A zero field means "no filter".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Owner process id (tgid).
+    pub tgid: u32,
+    /// Either local or remote port.
+    pub port: u16,
+    pub lport: u16,
+    pub rport: u16,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Remote address prefix (IPv4 in the first 4 bytes), with its family and length.
+    pub addr: [u8; 16],
+    pub addr_family: u16,
+    pub addr_prefix_len: u8,
+    /// 1: compare the owner's comm with `comm`.
+    pub has_comm: u8,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// 1: stream events to the ring buffer (live mode); 0: aggregate only.
+    pub emit_events: u8,
+    /// 1 when any filter above is set (lets the programs skip evaluation).
+    pub any: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Filter>() == 56);
+
+/// One TCP state transition as streamed to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the transition.
+    pub ts_ns: u64,
+    /// Socket cookie (`bpf_get_socket_cookie`): stable id, joins with sock_diag.
+    pub cookie: u64,
+    /// Time spent in `oldstate`, valid when `flag::DURATION_KNOWN` is set.
+    pub in_state_ns: u64,
+    /// Handshake latency, set on SYN_SENT/SYN_RECV → ESTABLISHED; else 0.
+    pub handshake_ns: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Owner process id (tgid) and comm, carried per socket.
+    pub tgid: u32,
+    /// Retransmits during the handshake (`tcp_sock.total_retrans` at ESTABLISHED).
+    pub retrans: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// `sk_err` at the transition.
+    pub sk_err: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// `close::*`
+    pub close_kind: u8,
+    /// `dir::*`
+    pub dir: u8,
+    /// `flag::*`
+    pub flags: u8,
+    pub _pad: [u8; 11],
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 112);
+
+/// Per-socket state in the in-flight LRU map, keyed by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    /// When the socket entered its current state.
+    pub ts_state: u64,
+    /// When CLOSE→SYN_SENT happened (active handshake start).
+    pub ts_syn: u64,
+    /// The deferred transition's timestamp.
+    pub deferred_ts: u64,
+    pub tgid: u32,
+    pub _pad0: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub dir: u8,
+    pub flags: u8,
+    pub deferred_old: u8,
+    pub deferred_new: u8,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<SockState>() == 56);
+
+/// Who owns a listening port (captured at CLOSE→LISTEN in listen()'s context).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub tgid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<Owner>() == 20);
+
+/// Key of the per-flow breakdown: one remote service (active side: remote
+/// address and port) or one local service per client address (passive side:
+/// remote address and local port), per owner process. Ephemeral ports are left
+/// out so the table stays bounded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub raddr: [u8; 16],
+    pub family: u16,
+    /// Remote port for `dir::ACTIVE`, local port for `dir::PASSIVE`/`UNKNOWN`.
+    pub port: u16,
+    pub tgid: u32,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 28);
+
+/// Counters per flow (per-CPU; userspace sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Connections that reached ESTABLISHED.
+    pub established: u64,
+    /// Connects that failed (SYN_SENT → CLOSE).
+    pub connect_failed: u64,
+    /// Entries into the timewait table (TIME_WAIT + parked FIN_WAIT2).
+    pub time_wait: u64,
+    /// Resets sent or received.
+    pub resets: u64,
+    pub close_local_first: u64,
+    pub close_peer_first: u64,
+    pub handshake_count: u64,
+    pub handshake_sum_ns: u64,
+    pub handshake_max_ns: u64,
+    /// Handshakes that needed retransmits, and the retransmits summed.
+    pub handshake_retrans: u64,
+    pub retrans_total: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 104);
+
+/// Slot of (old, new) in the 13x13 transition matrix.
+#[inline(always)]
+pub const fn transition_index(old: u8, new: u8) -> u32 {
+    (old as u32) * (state::COUNT as u32) + new as u32
+}
+pub const TRANSITION_SLOTS: u32 = (state::COUNT * state::COUNT) as u32;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), contain only integers and byte arrays,
+    // and have no implicit padding (their sizes are asserted above).
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::hist::Hist {}
+}

@@ -1,0 +1,176 @@
+//! Command-line interface (clap). Raw flags here; `FilterSpec::validate`
+//! checks what clap cannot.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::filter::{Family, FilterSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Trace every TCP state transition in the kernel (eBPF): handshake latency, TIME_WAIT, resets",
+    long_about = "Trace every TCP state transition in the kernel (eBPF tp_btf on \
+                  sock:inet_sock_set_state). Without a subcommand, streams events.\n\
+                  Needs root, or CAP_BPF and CAP_PERFMON."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream one line per TCP state transition (the default).
+    Events(EventsArgs),
+    /// Aggregate in the kernel for --duration (or until Ctrl-C), then print a report.
+    Summary(SummaryArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 10s, 2m, 1h)"))?;
+    if d.is_zero() {
+        return Err("duration must be positive".into());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Default, Clone, Args)]
+pub struct FilterArgs {
+    /// Only sockets owned by this process id (owner captured at connect/listen/close).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only sockets whose owner has this command name (exact, ≤ 15 bytes).
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only connections with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only connections with this local port.
+    #[arg(long)]
+    pub lport: Option<u16>,
+    /// Only connections with this remote port.
+    #[arg(long)]
+    pub rport: Option<u16>,
+    /// Only connections whose remote address is in this CIDR (e.g. 10.0.0.0/8, ::1/128).
+    #[arg(long, value_name = "CIDR")]
+    pub addr: Option<IpNet>,
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+}
+
+impl FilterArgs {
+    pub fn spec(&self) -> FilterSpec {
+        FilterSpec {
+            pid: self.pid,
+            comm: self.comm.clone(),
+            port: self.port,
+            lport: self.lport,
+            rport: self.rport,
+            addr: self.addr,
+            family: if self.ipv4 {
+                Some(Family::Ipv4)
+            } else if self.ipv6 {
+                Some(Family::Ipv6)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// JSON lines instead of aligned text.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring buffer size in KiB (power of two, ≥ 4).
+    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+impl EventsArgs {
+    /// What `tracer` with no subcommand runs: `tracer events` with clap's defaults.
+    pub fn default_cli() -> Self {
+        match Cli::try_parse_from(["tracer", "events"]).map(|c| c.command) {
+            Ok(Some(Command::Events(a))) => a,
+            _ => unreachable!("`tracer events` always parses"),
+        }
+    }
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 4 || !v.is_power_of_two() || v > (1 << 20) {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Default, Clone, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// How long to aggregate (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Rows in each top-N table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print the report as JSON (schema in README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_filters_and_durations() {
+        let c = Cli::try_parse_from([
+            "tracer", "summary", "--duration", "2s", "--port", "80", "--addr", "10.0.0.0/8", "-4",
+        ])
+        .unwrap();
+        let Some(Command::Summary(s)) = c.command else {
+            panic!("summary")
+        };
+        assert_eq!(s.duration, Some(Duration::from_secs(2)));
+        let f = s.filter.spec();
+        assert_eq!(f.port, Some(80));
+        assert_eq!(f.family, Some(Family::Ipv4));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for args in [
+            &["tracer", "summary", "--duration", "0s"][..],
+            &["tracer", "summary", "--duration", "soon"],
+            &["tracer", "events", "--addr", "10.0.0.300/8"],
+            &["tracer", "events", "-4", "-6"],
+            &["tracer", "events", "--port", "70000"],
+            &["tracer", "events", "--ring-kib", "3"],
+            &["tracer", "--bogus"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} should fail");
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Ring-buffer records → typed transitions → text or JSON lines.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tracer_common::{close, flag, Event, AF_INET6};
+
+use crate::model::{close_kind_name, comm_str, dir_name, endpoint, ip_from_raw, state_name};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event record is {got} bytes, expected {want}")]
+    Length { got: usize, want: usize },
+}
+
+/// Copy an `Event` out of a ring-buffer record, checking its length.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let want = std::mem::size_of::<Event>();
+    if bytes.len() < want {
+        return Err(DecodeError::Length {
+            got: bytes.len(),
+            want,
+        });
+    }
+    // SAFETY: the slice holds at least size_of::<Event>() bytes; Event is
+    // repr(C) plain old data with no invalid bit patterns; read_unaligned
+    // makes no alignment assumption about the ring buffer.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) })
+}
+
+/// Maps the kernel's CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    mono_ns: u64,
+    wall: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        Clock {
+            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// A fixed mapping, for tests.
+    pub fn fixed(mono_ns: u64, wall: SystemTime) -> Self {
+        Clock { mono_ns, wall }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        if ktime_ns >= self.mono_ns {
+            self.wall + Duration::from_nanos(ktime_ns - self.mono_ns)
+        } else {
+            self.wall - Duration::from_nanos(self.mono_ns - ktime_ns)
+        }
+    }
+}
+
+/// One transition, ready for output. Field names are the JSON schema.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    /// Wall-clock time, RFC 3339 UTC with microseconds.
+    pub time: String,
+    /// Socket cookie: the same id sock_diag (`ss -e`) shows.
+    pub cookie: u64,
+    /// Owner process; null when the owner was never seen in its own context.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub family: &'static str,
+    pub local: String,
+    pub remote: String,
+    pub old_state: &'static str,
+    pub new_state: &'static str,
+    /// Microseconds spent in `old_state`; null when the previous transition
+    /// was not seen.
+    pub in_old_state_us: Option<f64>,
+    /// "active" (connect), "passive" (accept) or "unknown".
+    pub direction: &'static str,
+    /// Handshake latency in µs on → ESTABLISHED.
+    pub handshake_us: Option<f64>,
+    /// SYN / SYN-ACK retransmits during the handshake.
+    pub handshake_retransmits: Option<u32>,
+    /// How a → CLOSE transition ended the connection (see README).
+    pub close: Option<&'static str>,
+    /// `sk_err` at → CLOSE (errno), when non-zero.
+    pub sk_err: Option<u16>,
+}
+
+impl Transition {
+    pub fn from_event(e: &Event, clock: &Clock) -> Self {
+        let known = e.flags & flag::OWNER_KNOWN != 0;
+        let established = e.newstate == tracer_common::state::ESTABLISHED
+            && (e.oldstate == tracer_common::state::SYN_SENT
+                || e.oldstate == tracer_common::state::SYN_RECV);
+        Transition {
+            time: humantime::format_rfc3339_micros(clock.wall(e.ts_ns)).to_string(),
+            cookie: e.cookie,
+            pid: known.then_some(e.tgid),
+            comm: known.then(|| comm_str(&e.comm)),
+            family: if e.family == AF_INET6 { "ipv6" } else { "ipv4" },
+            local: endpoint(ip_from_raw(e.family, &e.saddr), e.sport),
+            remote: endpoint(ip_from_raw(e.family, &e.daddr), e.dport),
+            old_state: state_name(e.oldstate),
+            new_state: state_name(e.newstate),
+            in_old_state_us: (e.flags & flag::DURATION_KNOWN != 0)
+                .then(|| e.in_state_ns as f64 / 1e3),
+            direction: dir_name(e.dir),
+            handshake_us: (established && e.handshake_ns > 0).then(|| e.handshake_ns as f64 / 1e3),
+            handshake_retransmits: established.then_some(e.retrans),
+            close: (e.close_kind != close::NONE).then(|| close_kind_name(e.close_kind)),
+            sk_err: (e.sk_err != 0).then_some(e.sk_err),
+        }
+    }
+}
+
+/// Column header of the text format.
+pub fn text_header() -> String {
+    format!(
+        "{:<15} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
+        "TIME", "PID", "COMM", "LOCAL", "REMOTE", "TRANSITION", "MS_IN_OLD", "NOTE"
+    )
+}
+
+/// One aligned text line.
+pub fn text_line(t: &Transition) -> String {
+    let time = t.time.get(11..26).unwrap_or(&t.time);
+    let pid = t.pid.map_or("-".to_string(), |p| p.to_string());
+    let comm = t.comm.clone().unwrap_or_else(|| "-".into());
+    let ms = t
+        .in_old_state_us
+        .map_or("-".to_string(), |us| format!("{:.3}", us / 1e3));
+    let mut note = Vec::new();
+    if let Some(h) = t.handshake_us {
+        note.push(format!("handshake {:.3} ms", h / 1e3));
+    }
+    if let Some(r) = t.handshake_retransmits.filter(|r| *r > 0) {
+        note.push(format!("{r} retransmit(s)"));
+    }
+    if let Some(c) = t.close {
+        note.push(c.to_string());
+    }
+    if let Some(e) = t.sk_err {
+        note.push(format!("sk_err {e}"));
+    }
+    format!(
+        "{:<15} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
+        time,
+        pid,
+        comm,
+        t.local,
+        t.remote,
+        format!("{}->{}", t.old_state, t.new_state),
+        ms,
+        note.join(", ")
+    )
+}
+
+/// Write one transition as text or as a JSON line.
+pub fn write(out: &mut impl Write, t: &Transition, json: bool) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, t)?;
+        out.write_all(b"\n")
+    } else {
+        writeln!(out, "{}", text_line(t))
+    }
+}
+
+/// Seconds since the epoch, for tests.
+pub fn epoch(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{dir, state};
+
+    fn event() -> Event {
+        let mut e = Event {
+            ts_ns: 2_000_000_000,
+            cookie: 77,
+            in_state_ns: 1_500_000,
+            handshake_ns: 1_500_000,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            tgid: 4242,
+            retrans: 1,
+            comm: [0; 16],
+            sport: 40000,
+            dport: 80,
+            family: 2,
+            sk_err: 0,
+            oldstate: state::SYN_SENT,
+            newstate: state::ESTABLISHED,
+            close_kind: close::NONE,
+            dir: dir::ACTIVE,
+            flags: flag::OWNER_KNOWN | flag::DURATION_KNOWN | flag::RETRANS,
+            _pad: [0; 11],
+        };
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        e.comm[..4].copy_from_slice(b"curl");
+        e
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        // SAFETY: Event is plain old data without padding.
+        unsafe {
+            std::slice::from_raw_parts(e as *const Event as *const u8, size_of::<Event>()).to_vec()
+        }
+    }
+
+    #[test]
+    fn decode_checks_length_and_roundtrips() {
+        let e = event();
+        let b = bytes(&e);
+        assert_eq!(decode(&b), Ok(e));
+        // Unaligned start.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&b);
+        assert_eq!(decode(&shifted[1..]), Ok(e));
+        assert_eq!(
+            decode(&b[..10]),
+            Err(DecodeError::Length { got: 10, want: 112 })
+        );
+    }
+
+    #[test]
+    fn transition_fields() {
+        let clock = Clock::fixed(1_000_000_000, epoch(1_700_000_000));
+        let t = Transition::from_event(&event(), &clock);
+        assert_eq!(t.time, "2023-11-14T22:13:21.000000Z");
+        assert_eq!(t.pid, Some(4242));
+        assert_eq!(t.comm.as_deref(), Some("curl"));
+        assert_eq!(t.local, "127.0.0.1:40000");
+        assert_eq!(t.remote, "10.0.0.2:80");
+        assert_eq!(t.old_state, "SYN_SENT");
+        assert_eq!(t.new_state, "ESTABLISHED");
+        assert_eq!(t.handshake_us, Some(1500.0));
+        assert_eq!(t.handshake_retransmits, Some(1));
+        assert_eq!(t.direction, "active");
+        assert_eq!(t.close, None);
+        let line = text_line(&t);
+        assert!(line.contains("SYN_SENT->ESTABLISHED"), "{line}");
+        assert!(line.contains("handshake 1.500 ms, 1 retransmit(s)"), "{line}");
+        let mut json = Vec::new();
+        write(&mut json, &t, true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["remote"], "10.0.0.2:80");
+        assert_eq!(v["in_old_state_us"], 1500.0);
+    }
+
+    #[test]
+    fn unknown_owner_and_close() {
+        let mut e = event();
+        e.flags = 0;
+        e.oldstate = state::FIN_WAIT2;
+        e.newstate = state::CLOSE;
+        e.close_kind = close::TIME_WAIT;
+        let t = Transition::from_event(&e, &Clock::fixed(0, epoch(0)));
+        assert_eq!(t.pid, None);
+        assert_eq!(t.in_old_state_us, None);
+        assert_eq!(t.close, Some("time_wait"));
+        assert_eq!(t.handshake_us, None);
+        assert!(text_line(&t).contains("FIN_WAIT2->CLOSE"));
+    }
+}

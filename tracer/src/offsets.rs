@@ -1,0 +1,146 @@
+//! Kernel field offsets from the running kernel's BTF.
+//!
+//! aya applies no CO-RE relocations to objects built from Rust, so the eBPF
+//! program reads `struct sock`/`tcp_sock` fields at offsets computed here from
+//! /sys/kernel/btf/vmlinux and handed over as a load-time global.
+
+use btf_rs::{Btf, Type};
+use tracer_common::Offsets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF at {path}: {source}")]
+    Read {
+        path: String,
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel BTF: struct `{0}` has no field `{1}`")]
+    NoField(String, String),
+    #[error("kernel BTF: `{0}.{1}` is a bitfield, which the programs cannot read")]
+    Bitfield(String, String),
+}
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Offsets of every field the programs read, from the running kernel.
+pub fn from_kernel() -> Result<Offsets, OffsetError> {
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| OffsetError::Read {
+        path: VMLINUX_BTF.into(),
+        source,
+    })?;
+    compute(&btf)
+}
+
+pub fn compute(btf: &Btf) -> Result<Offsets, OffsetError> {
+    let sk = |field: &str| offset_of(btf, "sock", &["__sk_common", field]);
+    Ok(Offsets {
+        skc_daddr: sk("skc_daddr")?,
+        skc_rcv_saddr: sk("skc_rcv_saddr")?,
+        skc_dport: sk("skc_dport")?,
+        skc_num: sk("skc_num")?,
+        skc_family: sk("skc_family")?,
+        skc_v6_daddr: sk("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
+        sk_protocol: offset_of(btf, "sock", &["sk_protocol"])?,
+        sk_err: offset_of(btf, "sock", &["sk_err"])?,
+        // Linux 6.18 moved it into sock_common (`#define sk_flags __sk_common.skc_flags`).
+        sk_flags: offset_of(btf, "sock", &["sk_flags"])
+            .or_else(|_| offset_of(btf, "sock", &["__sk_common", "skc_flags"]))?,
+        inet_sport: offset_of(btf, "inet_sock", &["inet_sport"])?,
+        srtt_us: offset_of(btf, "tcp_sock", &["srtt_us"])?,
+        total_retrans: offset_of(btf, "tcp_sock", &["total_retrans"])?,
+        bytes_received: offset_of(btf, "tcp_sock", &["bytes_received"])?,
+        bytes_acked: offset_of(btf, "tcp_sock", &["bytes_acked"])?,
+        valid: 1,
+    })
+}
+
+/// Byte offset of `path` (nested member names; anonymous structs/unions on
+/// the way are searched transparently) inside `struct name`.
+pub fn offset_of(btf: &Btf, name: &str, path: &[&str]) -> Result<u32, OffsetError> {
+    let mut ty = btf
+        .resolve_types_by_name(name)
+        .map_err(|_| OffsetError::NoStruct(name.into()))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or_else(|| OffsetError::NoStruct(name.into()))?;
+    let mut bits = 0u32;
+    for field in path {
+        let (off, next) = find_member(btf, &ty, field)
+            .ok_or_else(|| OffsetError::NoField(name.into(), path.join(".")))?;
+        bits += off;
+        ty = next;
+    }
+    if bits % 8 != 0 {
+        return Err(OffsetError::Bitfield(name.into(), path.join(".")));
+    }
+    Ok(bits / 8)
+}
+
+/// Strip typedefs and qualifiers.
+fn resolve(btf: &Btf, mut ty: Type) -> Type {
+    for _ in 0..32 {
+        let next = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t),
+            Type::Const(t) => btf.resolve_chained_type(t),
+            Type::Volatile(t) => btf.resolve_chained_type(t),
+            Type::Restrict(t) => btf.resolve_chained_type(t),
+            Type::TypeTag(t) => btf.resolve_chained_type(t),
+            _ => return ty,
+        };
+        match next {
+            Ok(n) => ty = n,
+            Err(_) => return ty,
+        }
+    }
+    ty
+}
+
+/// Find `field` in a struct/union, descending into anonymous members; returns
+/// its bit offset from the start of `ty` and its (resolved) type.
+fn find_member(btf: &Btf, ty: &Type, field: &str) -> Option<(u32, Type)> {
+    let members = match ty {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => return None,
+    };
+    for m in members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let mty = resolve(btf, btf.resolve_chained_type(m).ok()?);
+        if name == field {
+            if m.bitfield_size().unwrap_or(0) != 0 {
+                return None;
+            }
+            return Some((m.bit_offset(), mty));
+        }
+        if name.is_empty() {
+            if let Some((off, t)) = find_member(btf, &mty, field) {
+                return Some((m.bit_offset() + off, t));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the build machine's own BTF when it has one (no root needed).
+    #[test]
+    fn kernel_offsets_are_plausible() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("no {VMLINUX_BTF}; skipping");
+            return;
+        }
+        let o = from_kernel().expect("offsets");
+        // struct sock_common starts struct sock; its v4 addresses come first.
+        assert_eq!(o.skc_daddr, 0);
+        assert_eq!(o.skc_rcv_saddr, 4);
+        assert!(o.skc_v6_daddr > o.skc_family);
+        assert!(o.inet_sport > o.sk_err);
+        assert!(o.srtt_us > o.inet_sport);
+        assert_eq!(o.valid, 1);
+    }
+}

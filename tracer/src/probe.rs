@@ -1,0 +1,209 @@
+//! Loading, attaching and reading the eBPF side.
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::BtfTracePoint,
+    Btf, Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use tracer_common::{
+    counter, hist::Hist, hist_kind, state, Filter, FlowKey, FlowStats, Owner, TRANSITION_SLOTS,
+};
+
+use crate::{
+    model::{sum_flow_stats, Histogram, Snapshot},
+    offsets::{self, OffsetError},
+};
+
+/// The eBPF object built by build.rs (empty when bpf-linker was missing).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Name of the program (and of its kernel tracepoint).
+pub const PROGRAM: &str = "inet_sock_set_state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "insufficient privileges: missing {0}. Run as root, or give the binary the \
+         capabilities (e.g. `setcap cap_bpf,cap_perfmon+ep tracer`)"
+    )]
+    Privileges(String),
+    #[error(
+        "this tracer binary was built without its eBPF object (bpf-linker was not found at \
+         build time); build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Offsets(#[from] OffsetError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("reading kernel BTF for tp_btf: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("program {PROGRAM}: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// Check for the capabilities loading and attaching need, before touching
+/// anything, so a failure leaves nothing half-attached.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    use caps::{CapSet, Capability};
+    let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    if has(Capability::CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [
+        (Capability::CAP_BPF, "CAP_BPF"),
+        (Capability::CAP_PERFMON, "CAP_PERFMON"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !has(*c))
+    .map(|(_, n)| n)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ProbeError::Privileges(format!(
+            "{} (or CAP_SYS_ADMIN)",
+            missing.join(" and ")
+        )))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub filter: Filter,
+    /// Stream one event per transition to userspace (live mode).
+    pub emit_events: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Capacity of the in-flight socket LRU map.
+    pub inflight_entries: u32,
+    /// Capacity of the per-flow breakdown table.
+    pub flow_entries: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            filter: Filter::default(),
+            emit_events: false,
+            ring_bytes: 1 << 22,
+            inflight_entries: 262_144,
+            flow_entries: 16_384,
+        }
+    }
+}
+
+/// The loaded and attached programs. Dropping it detaches and unloads them.
+pub struct Probe {
+    ebpf: Ebpf,
+}
+
+impl Probe {
+    pub fn attach(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let offsets = offsets::from_kernel()?;
+        let mut filter = opts.filter;
+        filter.emit_events = opts.emit_events as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTER", &filter, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("INFLIGHT", opts.inflight_entries)
+            .map_max_entries("FLOWS", opts.flow_entries)
+            .load(OBJECT)?;
+        let btf = Btf::from_sys_fs()?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProbeError::MissingMap(PROGRAM))?
+            .try_into()?;
+        prog.load(PROGRAM, &btf)?;
+        prog.attach()?;
+        Ok(Probe { ebpf })
+    }
+
+    /// The kernel side's aya-log records (warnings such as failed reads).
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        match EbpfLogger::init(&mut self.ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        }
+    }
+
+    /// The event ring buffer (only fills when `emit_events` was set).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
+    }
+
+    /// Tell the kernel side who owns listening sockets that predate the tracer.
+    pub fn seed_listeners(&mut self, owners: &[(u16, Owner)]) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("LISTENERS")
+            .ok_or(ProbeError::MissingMap("LISTENERS"))?;
+        let mut m: BpfHashMap<_, u16, Owner> =
+            BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("LISTENERS", e))?;
+        for (port, owner) in owners {
+            // BPF_NOEXIST: a listen() the program already saw wins.
+            let _ = m.insert(port, owner, 1);
+        }
+        Ok(())
+    }
+
+    /// Read every aggregate, summed over CPUs.
+    pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
+        let mut snap = Snapshot::empty();
+        let map = |name: &'static str| self.ebpf.map(name).ok_or(ProbeError::MissingMap(name));
+        let err = |name: &'static str| move |e| ProbeError::Map(name, e);
+
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map("COUNTERS")?).map_err(err("COUNTERS"))?;
+        for i in 0..counter::COUNT {
+            snap.counters[i as usize] = counters
+                .get(&i, 0)
+                .map_err(err("COUNTERS"))?
+                .iter()
+                .sum();
+        }
+        let transitions: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map("TRANSITIONS")?).map_err(err("TRANSITIONS"))?;
+        for i in 0..TRANSITION_SLOTS {
+            let n: u64 = transitions
+                .get(&i, 0)
+                .map_err(err("TRANSITIONS"))?
+                .iter()
+                .sum();
+            snap.transitions[i as usize / state::COUNT][i as usize % state::COUNT] = n;
+        }
+        let hists: PerCpuArray<_, Hist> =
+            PerCpuArray::try_from(map("HISTS")?).map_err(err("HISTS"))?;
+        for k in 0..hist_kind::COUNT {
+            let mut h = Histogram::default();
+            for per_cpu in hists.get(&k, 0).map_err(err("HISTS"))?.iter() {
+                h.add_kernel(per_cpu);
+            }
+            snap.hists[k as usize] = h;
+        }
+        let flows: PerCpuHashMap<_, FlowKey, FlowStats> =
+            PerCpuHashMap::try_from(map("FLOWS")?).map_err(err("FLOWS"))?;
+        for item in flows.iter() {
+            let (k, v) = item.map_err(err("FLOWS"))?;
+            snap.flows.push((k, sum_flow_stats(v.iter())));
+        }
+        Ok(snap)
+    }
+}

@@ -1,0 +1,149 @@
+//! The two modes, on tokio: stream events, or aggregate and report.
+
+use std::{
+    io::{self, BufWriter, Write},
+    time::Duration,
+};
+
+use tokio::io::unix::AsyncFd;
+use tracer_common::counter;
+
+use crate::{
+    cli::{EventsArgs, SummaryArgs},
+    event::{self, Clock, Transition},
+    report, Tracer,
+};
+
+/// Resolves on Ctrl-C, SIGTERM, or after `duration`.
+async fn stop_signal(duration: Option<Duration>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = timer => {}
+    }
+}
+
+/// Forward the kernel side's aya-log records to `log`.
+fn spawn_ebpf_logger(t: &mut Tracer) {
+    let Some(logger) = t.probe.take_logger() else {
+        return;
+    };
+    // SAFETY: the logger owns its ring-buffer fd and keeps it open for as long
+    // as the AsyncFd (which owns the logger) lives.
+    let Ok(mut fd) =
+        (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
+    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    spawn_ebpf_logger(&mut tracer);
+    let ring = tracer.probe.take_events()?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
+    // AsyncFd (which owns the RingBuf) lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
+    let clock = Clock::now();
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    eprintln!(
+        "Tracing TCP state transitions ({}). Ctrl-C to stop.",
+        tracer.filter().describe()
+    );
+    if !args.json {
+        writeln!(out, "{}", event::text_header())?;
+    }
+    let mut printed: u64 = 0;
+    let mut bad: u64 = 0;
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
+    let result: io::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        match event::decode(&item) {
+                            Ok(e) => {
+                                event::write(&mut out, &Transition::from_event(&e, &clock), args.json)?;
+                                printed += 1;
+                            }
+                            Err(e) => {
+                                bad += 1;
+                                log::warn!("{e}");
+                            }
+                        }
+                    }
+                    out.flush()?;
+                    guard.clear_ready();
+                }
+            }
+        }
+        // Whatever arrived before the stop.
+        let ring = fd.get_mut();
+        while let Some(item) = ring.next() {
+            if let Ok(e) = event::decode(&item) {
+                event::write(&mut out, &Transition::from_event(&e, &clock), args.json)?;
+                printed += 1;
+            }
+        }
+        out.flush()
+    }
+    .await;
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
+    let snap = tracer.snapshot()?;
+    eprintln!(
+        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions counted in the kernel",
+        snap.counter(counter::RINGBUF_DROPS),
+        snap.counter(counter::TRANSITIONS)
+    );
+    Ok(())
+}
+
+pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
+    let mut tracer = Tracer::start(args.filter.spec(), false, 4096)?;
+    spawn_ebpf_logger(&mut tracer);
+    match args.duration {
+        Some(d) => eprintln!(
+            "Aggregating TCP state transitions ({}) for {}...",
+            tracer.filter().describe(),
+            humantime::format_duration(d)
+        ),
+        None => eprintln!(
+            "Aggregating TCP state transitions ({}); Ctrl-C for the report...",
+            tracer.filter().describe()
+        ),
+    }
+    stop_signal(args.duration).await;
+    let s = tracer.summary(args.top)?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &s)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report::render_text(&s))?;
+    }
+    Ok(())
+}
