@@ -12,8 +12,14 @@ fn main() -> anyhow::Result<()> {
     let root = manifest.parent().context("workspace root")?.to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let tools = root.join("target/tools/bin");
-    println!("cargo:rerun-if-changed={}", root.join("tracer-common/src").display());
-    println!("cargo:rerun-if-changed={}", tools.join("bpf-linker").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tracer-common/src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        tools.join("bpf-linker").display()
+    );
     println!("cargo:rerun-if-env-changed=TRACER_SKIP_EBPF");
 
     // Let the nested nightly cargo find the project's own bpf-linker.

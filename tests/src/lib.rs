@@ -1,1 +1,190 @@
+//! Workloads with known counts for the root integration tests.
+//!
+//! Each test gets its own loopback subnet 127.A.B.0/24 (server .1, client .2)
+//! so that TIME_WAIT sockets left by earlier tests or runs (they live 60 s)
+//! never fall inside its filter.
 
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Socket, Type};
+
+/// A loopback /24 nobody else uses in this run.
+#[derive(Clone, Copy, Debug)]
+pub struct Subnet {
+    pub a: u8,
+    pub b: u8,
+}
+
+impl Subnet {
+    /// `id` distinguishes tests; the pid distinguishes runs.
+    pub fn unique(id: u8) -> Self {
+        let pid = std::process::id();
+        Subnet {
+            a: 10 + (pid % 200) as u8,
+            b: id.wrapping_mul(7).wrapping_add((pid / 200 % 31) as u8),
+        }
+    }
+    pub fn server(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.a, self.b, 1))
+    }
+    pub fn client(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.a, self.b, 2))
+    }
+    pub fn cidr(&self) -> String {
+        format!("127.{}.{}.0/24", self.a, self.b)
+    }
+}
+
+/// Connect from `src` (port chosen by the kernel) to `dst`.
+pub fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let domain = if dst.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(src, 0).into())?;
+    s.connect(&dst.into())?;
+    Ok(s.into())
+}
+
+/// Abort with RST on close (SO_LINGER 0).
+pub fn abort(s: TcpStream) {
+    let s = Socket::from(s);
+    s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    drop(s);
+}
+
+fn read_to_eof(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) => panic!("waiting for the peer's FIN: {e}"),
+        }
+    }
+}
+
+/// Known numbers of each connection ending.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Workload {
+    /// The client closes first: TIME_WAIT on the client (active-opened) side.
+    pub client_closes: u64,
+    /// The server closes first: TIME_WAIT on the server (accepted) side.
+    pub server_closes: u64,
+    /// Connects to a bound but not listening port: refused by RST.
+    pub refused: u64,
+    /// The client aborts with SO_LINGER 0: one RST sent, one received.
+    pub resets: u64,
+}
+
+impl Workload {
+    pub fn connections(&self) -> u64 {
+        self.client_closes + self.server_closes + self.resets
+    }
+
+    /// Run it between `client` and a listener on `server` (port 0: any).
+    /// Returns the listener's port. Every socket is closed when it returns.
+    pub fn run(&self, client: IpAddr, server: IpAddr) -> u16 {
+        let listener = TcpListener::bind(SocketAddr::new(server, 0)).expect("listen");
+        let addr = listener.local_addr().unwrap();
+        let pair = || {
+            let c = connect_from(client, addr).expect("connect");
+            let (a, _) = listener.accept().expect("accept");
+            (c, a)
+        };
+        for _ in 0..self.client_closes {
+            let (mut c, mut a) = pair();
+            c.write_all(b"x").unwrap();
+            drop(c);
+            read_to_eof(&mut a);
+            drop(a);
+        }
+        for _ in 0..self.server_closes {
+            let (mut c, a) = pair();
+            drop(a);
+            read_to_eof(&mut c);
+            drop(c);
+        }
+        for _ in 0..self.resets {
+            let (c, mut a) = pair();
+            abort(c);
+            let mut buf = [0u8; 1];
+            let r = a.read(&mut buf);
+            assert!(r.is_err(), "the aborted peer reads ECONNRESET, got {r:?}");
+            drop(a);
+        }
+        if self.refused > 0 {
+            // Bound, not listening: SYNs to it are answered with RST.
+            let holder = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+            holder.bind(&SocketAddr::new(server, 0).into()).unwrap();
+            let dead = holder.local_addr().unwrap().as_socket().unwrap();
+            for _ in 0..self.refused {
+                let e = connect_from(client, dead).expect_err("refused");
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+        }
+        addr.port()
+    }
+}
+
+/// Poll `f` until it returns Some or `timeout` passes; then the last value.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> (bool, T)) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (done, v) = f();
+        if done || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// TIME_WAIT sockets `ss` shows with a local address in `cidr`: an
+/// independent count to compare the tracer's sock_diag population with.
+pub fn ss_time_wait(cidr: &str) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-H", "-tan", "state", "time-wait", "src", cidr])
+        .output()
+        .expect("ss");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64
+}
+
+/// The release binary `cargo xtask test` built.
+pub fn tracer_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask build`",
+        p.display()
+    );
+    p
+}
+
+/// Our programs currently loaded in the kernel (names are cut to 15 bytes).
+pub fn loaded_tracer_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(&tracer::probe::PROGRAM[..15]))
+        .count()
+}
+
+/// Wait until no program of ours is loaded: the kernel frees a dropped
+/// tracer's programs asynchronously (after an RCU grace period).
+pub fn wait_until_unloaded() -> usize {
+    wait_for(Duration::from_secs(10), || {
+        let n = loaded_tracer_programs();
+        (n == 0, n)
+    })
+}

@@ -23,9 +23,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     account::{self, effects, Effects},
-    close, counter, dir, flag, hist, hist::Hist, hist_kind, state, transition_index, Event,
-    Filter, FlowKey, FlowStats, Offsets, Owner, SockState, AF_INET, AF_INET6, IPPROTO_TCP,
-    TASK_COMM_LEN, TRANSITION_SLOTS,
+    close, counter, dir, flag, hist,
+    hist::Hist,
+    hist_kind, state, transition_index, Event, Filter, FlowKey, FlowStats, Offsets, Owner,
+    SockState, AF_INET, AF_INET6, IPPROTO_TCP, TASK_COMM_LEN, TRANSITION_SLOTS,
 };
 
 /// Field offsets, written by the loader (`EbpfLoader::override_global`).
@@ -162,14 +163,18 @@ enum Verdict {
     Unknown,
 }
 
+/// Compare a comm with the filter's, reading the filter bytes volatile (a
+/// plain reference would let the compiler fold in the all-zero default).
 #[inline(always)]
-fn comm_eq(a: &[u8; TASK_COMM_LEN], b: &[u8; TASK_COMM_LEN]) -> bool {
+fn comm_matches_filter(a: &[u8; TASK_COMM_LEN]) -> bool {
     let mut i = 0;
     while i < TASK_COMM_LEN {
-        if a[i] != b[i] {
+        // SAFETY: reading one byte of a static.
+        let want = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(FILTER.comm[i])) };
+        if a[i] != want {
             return false;
         }
-        if a[i] == 0 {
+        if want == 0 {
             return true;
         }
         i += 1;
@@ -231,9 +236,7 @@ fn verdict(t: &Tuple, st: &SockState) -> Verdict {
     if tgid != 0 && (!owner_known || st.tgid != tgid) {
         return Verdict::NoMatch;
     }
-    // SAFETY: a reference to a static that lives for the program's lifetime.
-    let want_comm = unsafe { &*core::ptr::addr_of!(FILTER.comm) };
-    if ld!(FILTER.has_comm) != 0 && (!owner_known || !comm_eq(&st.comm, want_comm)) {
+    if ld!(FILTER.has_comm) != 0 && (!owner_known || !comm_matches_filter(&st.comm)) {
         return Verdict::NoMatch;
     }
     let mut unknown = false;
@@ -480,7 +483,8 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         if new == state::LISTEN {
             own(&mut owner);
         }
-        if verdict(&t, &owner) != Verdict::NoMatch {
+        // A listener has no peer: it matches only filters it fully satisfies.
+        if verdict(&t, &owner) == Verdict::Match {
             count_simple(old, new);
             let detail = Detail {
                 ts: now,
@@ -635,7 +639,15 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             handshake_known = true;
         }
     }
-    let e = effects(old, new, st.dir, sk_err, sock_done, retrans, handshake_known);
+    let e = effects(
+        old,
+        new,
+        st.dir,
+        sk_err,
+        sock_done,
+        retrans,
+        handshake_known,
+    );
     for c in e.counters {
         if c != account::NONE {
             bump(c);

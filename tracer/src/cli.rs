@@ -147,7 +147,15 @@ mod tests {
     #[test]
     fn parses_filters_and_durations() {
         let c = Cli::try_parse_from([
-            "tracer", "summary", "--duration", "2s", "--port", "80", "--addr", "10.0.0.0/8", "-4",
+            "tracer",
+            "summary",
+            "--duration",
+            "2s",
+            "--port",
+            "80",
+            "--addr",
+            "10.0.0.0/8",
+            "-4",
         ])
         .unwrap();
         let Some(Command::Summary(s)) = c.command else {

@@ -252,7 +252,10 @@ mod tests {
         assert_eq!(t.close, None);
         let line = text_line(&t);
         assert!(line.contains("SYN_SENT->ESTABLISHED"), "{line}");
-        assert!(line.contains("handshake 1.500 ms, 1 retransmit(s)"), "{line}");
+        assert!(
+            line.contains("handshake 1.500 ms, 1 retransmit(s)"),
+            "{line}"
+        );
         let mut json = Vec::new();
         write(&mut json, &t, true).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();

@@ -71,7 +71,11 @@ impl FilterSpec {
             // An IPv4 prefix may match v4-mapped addresses of IPv6 sockets; only
             // an IPv6 prefix with -4 can never match.
             if net_f == Family::Ipv6 && f == Family::Ipv4 {
-                return Err(FilterError::FamilyConflict(net, fam_name(net_f), fam_name(f)));
+                return Err(FilterError::FamilyConflict(
+                    net,
+                    fam_name(net_f),
+                    fam_name(f),
+                ));
             }
         }
         Ok(())
@@ -234,7 +238,10 @@ mod tests {
             family: Some(Family::Ipv4),
             ..Default::default()
         };
-        assert!(matches!(conflict.validate(), Err(FilterError::FamilyConflict(..))));
+        assert!(matches!(
+            conflict.validate(),
+            Err(FilterError::FamilyConflict(..))
+        ));
     }
 
     #[test]

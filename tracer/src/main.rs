@@ -6,7 +6,10 @@ use tracer::cli::{Cli, Command, EventsArgs};
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tracer: error: starting the runtime: {e}");
@@ -14,7 +17,10 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command.unwrap_or_else(|| Command::Events(EventsArgs::default_cli())) {
+        match cli
+            .command
+            .unwrap_or_else(|| Command::Events(EventsArgs::default_cli()))
+        {
             Command::Events(a) => tracer::run::events(&a).await,
             Command::Summary(a) => tracer::run::summary(&a).await,
         }

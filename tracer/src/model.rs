@@ -121,13 +121,18 @@ impl Histogram {
     }
 
     /// The `q` quantile (0 < q ≤ 1): the midpoint of the bucket holding the
-    /// sample of rank ⌈q·count⌉, capped by the exact maximum. Error ≤ half a
-    /// bucket: 1/64 (1.6 %) of the value above 32 ns.
+    /// sample of rank ⌈q·count⌉, capped by the exact maximum (and equal to it
+    /// for the top rank). Error ≤ half a bucket: 1/64 (1.6 %) of the value
+    /// above 32 ns.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         if self.count == 0 {
             return None;
         }
         let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        if rank == self.count {
+            // The top-ranked sample is the maximum, which is kept exactly.
+            return Some(self.max_ns);
+        }
         let mut seen = 0;
         for (i, n) in self.buckets.iter().enumerate() {
             seen += n;
@@ -288,7 +293,6 @@ pub fn group_flows<K: Ord + Clone>(
     out
 }
 
-
 /// Replays synthetic transitions through the same `account::effects` the
 /// kernel program applies, with the same per-socket bookkeeping (direction
 /// from the birth transition, flow key by direction). Unit tests use it to pin
@@ -331,7 +335,15 @@ impl Replay {
     ) {
         use tracer_common::account::{effects, NONE};
         let s = *self.socks.entry(sock).or_default();
-        let e = effects(old, new, s.dir, sk_err, sock_done, retrans, handshake_ns.is_some());
+        let e = effects(
+            old,
+            new,
+            s.dir,
+            sk_err,
+            sock_done,
+            retrans,
+            handshake_ns.is_some(),
+        );
         let snap = self.snap();
         snap.transitions[old as usize][new as usize] += 1;
         for c in e.counters {
@@ -348,7 +360,11 @@ impl Replay {
             let key = FlowKey {
                 raddr,
                 family: tracer_common::AF_INET,
-                port: if s.dir == dir::ACTIVE { s.rport } else { s.lport },
+                port: if s.dir == dir::ACTIVE {
+                    s.rport
+                } else {
+                    s.lport
+                },
                 tgid: s.tgid,
                 dir: s.dir,
                 _pad: [0; 3],
@@ -392,38 +408,102 @@ impl Replay {
     }
 
     /// CLOSE → SYN_SENT → ESTABLISHED.
-    pub fn active_open(&mut self, sock: u64, tgid: u32, raddr: [u8; 4], rport: u16, hs_ns: u64, retrans: u32) {
+    pub fn active_open(
+        &mut self,
+        sock: u64,
+        tgid: u32,
+        raddr: [u8; 4],
+        rport: u16,
+        hs_ns: u64,
+        retrans: u32,
+    ) {
         self.born(sock, dir::ACTIVE, tgid, raddr, 40000, rport);
         self.step(sock, state::CLOSE, state::SYN_SENT, 0, false, 0, None);
-        self.step(sock, state::SYN_SENT, state::ESTABLISHED, 0, false, retrans, Some(hs_ns));
+        self.step(
+            sock,
+            state::SYN_SENT,
+            state::ESTABLISHED,
+            0,
+            false,
+            retrans,
+            Some(hs_ns),
+        );
     }
 
     /// LISTEN → SYN_RECV → ESTABLISHED (child socket).
-    pub fn passive_open(&mut self, sock: u64, tgid: u32, raddr: [u8; 4], lport: u16, rtt_ns: u64, retrans: u32) {
+    pub fn passive_open(
+        &mut self,
+        sock: u64,
+        tgid: u32,
+        raddr: [u8; 4],
+        lport: u16,
+        rtt_ns: u64,
+        retrans: u32,
+    ) {
         self.born(sock, dir::PASSIVE, tgid, raddr, lport, 50000);
         self.step(sock, state::LISTEN, state::SYN_RECV, 0, false, 0, None);
-        self.step(sock, state::SYN_RECV, state::ESTABLISHED, 0, false, retrans, Some(rtt_ns));
+        self.step(
+            sock,
+            state::SYN_RECV,
+            state::ESTABLISHED,
+            0,
+            false,
+            retrans,
+            Some(rtt_ns),
+        );
     }
 
     /// ESTABLISHED → FIN_WAIT1 → FIN_WAIT2 → CLOSE. With `fin_received` the
     /// peer's FIN came first (SOCK_DONE: TIME_WAIT); without, the orphan is
     /// parked as a FIN_WAIT2 minisock.
     pub fn active_close_to_time_wait(&mut self, sock: u64, fin_received: bool) {
-        self.step(sock, state::ESTABLISHED, state::FIN_WAIT1, 0, false, 0, None);
+        self.step(
+            sock,
+            state::ESTABLISHED,
+            state::FIN_WAIT1,
+            0,
+            false,
+            0,
+            None,
+        );
         self.step(sock, state::FIN_WAIT1, state::FIN_WAIT2, 0, false, 0, None);
-        self.step(sock, state::FIN_WAIT2, state::CLOSE, 0, fin_received, 0, None);
+        self.step(
+            sock,
+            state::FIN_WAIT2,
+            state::CLOSE,
+            0,
+            fin_received,
+            0,
+            None,
+        );
     }
 
     /// ESTABLISHED → CLOSE_WAIT → LAST_ACK → CLOSE.
     pub fn passive_close(&mut self, sock: u64) {
-        self.step(sock, state::ESTABLISHED, state::CLOSE_WAIT, 0, true, 0, None);
+        self.step(
+            sock,
+            state::ESTABLISHED,
+            state::CLOSE_WAIT,
+            0,
+            true,
+            0,
+            None,
+        );
         self.step(sock, state::CLOSE_WAIT, state::LAST_ACK, 0, true, 0, None);
         self.step(sock, state::LAST_ACK, state::CLOSE, 0, true, 0, None);
     }
 
     /// ESTABLISHED → FIN_WAIT1 → CLOSING → CLOSE (both FINs crossed).
     pub fn simultaneous_close(&mut self, sock: u64) {
-        self.step(sock, state::ESTABLISHED, state::FIN_WAIT1, 0, false, 0, None);
+        self.step(
+            sock,
+            state::ESTABLISHED,
+            state::FIN_WAIT1,
+            0,
+            false,
+            0,
+            None,
+        );
         self.step(sock, state::FIN_WAIT1, state::CLOSING, 0, true, 0, None);
         self.step(sock, state::CLOSING, state::CLOSE, 0, true, 0, None);
     }
@@ -432,7 +512,15 @@ impl Replay {
     pub fn refused(&mut self, sock: u64, tgid: u32, raddr: [u8; 4], rport: u16) {
         self.born(sock, dir::ACTIVE, tgid, raddr, 40000, rport);
         self.step(sock, state::CLOSE, state::SYN_SENT, 0, false, 0, None);
-        self.step(sock, state::SYN_SENT, state::CLOSE, tracer_common::errno::ECONNREFUSED, false, 0, None);
+        self.step(
+            sock,
+            state::SYN_SENT,
+            state::CLOSE,
+            tracer_common::errno::ECONNREFUSED,
+            false,
+            0,
+            None,
+        );
     }
 
     pub fn snapshot(&mut self) -> Snapshot {
@@ -462,7 +550,10 @@ mod tests {
         assert_eq!((h.count, h.max_ns), (1, 250_000));
         assert_eq!(s.hists[hist_kind::ACTIVE_RETRANS as usize].count, 0);
         assert_eq!(s.flows.len(), 1);
-        assert_eq!(s.flows[0].0.port, 80, "active flows are keyed by remote port");
+        assert_eq!(
+            s.flows[0].0.port, 80,
+            "active flows are keyed by remote port"
+        );
         assert_eq!(s.flows[0].1.established, 1);
     }
 
@@ -478,7 +569,10 @@ mod tests {
         assert_eq!(s.counter(counter::ACTIVE_HANDSHAKE_RETRANS), 1);
         assert_eq!(s.counter(counter::PASSIVE_HANDSHAKE_RETRANS), 1);
         let passive = s.flows.iter().find(|(k, _)| k.dir == dir::PASSIVE).unwrap();
-        assert_eq!(passive.0.port, 8080, "passive flows are keyed by local port");
+        assert_eq!(
+            passive.0.port, 8080,
+            "passive flows are keyed by local port"
+        );
         assert_eq!(passive.1.retrans_total, 2);
         assert_eq!(passive.1.handshake_retrans, 1);
     }
@@ -503,10 +597,21 @@ mod tests {
         r.active_close_to_time_wait(2, false);
         let s = r.snapshot();
         assert_eq!(s.counter(counter::CLOSE_LOCAL_FIRST), 2);
-        assert_eq!(s.closes(close::TIME_WAIT), 1, "FIN already received: TIME_WAIT");
-        assert_eq!(s.closes(close::FIN_WAIT2_PARKED), 1, "orphan parked in FIN_WAIT2");
+        assert_eq!(
+            s.closes(close::TIME_WAIT),
+            1,
+            "FIN already received: TIME_WAIT"
+        );
+        assert_eq!(
+            s.closes(close::FIN_WAIT2_PARKED),
+            1,
+            "orphan parked in FIN_WAIT2"
+        );
         assert_eq!(s.counter(counter::TIME_WAIT_BY_DIR + dir::ACTIVE as u32), 1);
-        assert_eq!(s.counter(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32), 1);
+        assert_eq!(
+            s.counter(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32),
+            1
+        );
         assert_eq!(s.transition(state::FIN_WAIT2, state::CLOSE), 2);
         let tw: u64 = s.flows.iter().map(|(_, f)| f.time_wait).sum();
         assert_eq!(tw, 2);
@@ -521,7 +626,10 @@ mod tests {
         assert_eq!(s.counter(counter::CLOSE_PEER_FIRST), 1);
         assert_eq!(s.closes(close::LAST_ACK), 1);
         assert_eq!(s.transition(state::CLOSE_WAIT, state::LAST_ACK), 1);
-        assert_eq!(s.closes(close::TIME_WAIT) + s.closes(close::FIN_WAIT2_PARKED), 0);
+        assert_eq!(
+            s.closes(close::TIME_WAIT) + s.closes(close::FIN_WAIT2_PARKED),
+            0
+        );
         assert_eq!(s.flows[0].1.close_peer_first, 1);
     }
 
@@ -545,7 +653,15 @@ mod tests {
         // Abort with SO_LINGER 0: the tracepoint fires before sk_err is set.
         r.step(1, state::ESTABLISHED, state::CLOSE, 0, false, 0, None);
         // The other side receives the RST.
-        r.step(2, state::ESTABLISHED, state::CLOSE, errno::ECONNRESET, false, 0, None);
+        r.step(
+            2,
+            state::ESTABLISHED,
+            state::CLOSE,
+            errno::ECONNRESET,
+            false,
+            0,
+            None,
+        );
         let s = r.snapshot();
         assert_eq!(s.closes(close::RESET_SENT), 1);
         assert_eq!(s.closes(close::RESET_RECEIVED), 1);
@@ -572,14 +688,38 @@ mod tests {
     #[test]
     fn connect_failures_by_errno() {
         use tracer_common::account::classify_close;
-        assert_eq!(classify_close(state::SYN_SENT, errno::ETIMEDOUT, false), close::CONNECT_TIMEOUT);
-        assert_eq!(classify_close(state::SYN_SENT, errno::EHOSTUNREACH, false), close::CONNECT_UNREACHABLE);
-        assert_eq!(classify_close(state::SYN_SENT, 0, false), close::CONNECT_ABORTED);
-        assert_eq!(classify_close(state::ESTABLISHED, errno::ETIMEDOUT, false), close::TIMEOUT);
-        assert_eq!(classify_close(state::CLOSE_WAIT, errno::EPIPE, true), close::RESET_RECEIVED);
-        assert_eq!(classify_close(state::FIN_WAIT2, errno::ECONNRESET, false), close::RESET_RECEIVED);
-        assert_eq!(classify_close(state::SYN_RECV, 0, false), close::PASSIVE_FAILED);
-        assert_eq!(classify_close(state::LISTEN, 0, false), close::LISTENER_CLOSED);
+        assert_eq!(
+            classify_close(state::SYN_SENT, errno::ETIMEDOUT, false),
+            close::CONNECT_TIMEOUT
+        );
+        assert_eq!(
+            classify_close(state::SYN_SENT, errno::EHOSTUNREACH, false),
+            close::CONNECT_UNREACHABLE
+        );
+        assert_eq!(
+            classify_close(state::SYN_SENT, 0, false),
+            close::CONNECT_ABORTED
+        );
+        assert_eq!(
+            classify_close(state::ESTABLISHED, errno::ETIMEDOUT, false),
+            close::TIMEOUT
+        );
+        assert_eq!(
+            classify_close(state::CLOSE_WAIT, errno::EPIPE, true),
+            close::RESET_RECEIVED
+        );
+        assert_eq!(
+            classify_close(state::FIN_WAIT2, errno::ECONNRESET, false),
+            close::RESET_RECEIVED
+        );
+        assert_eq!(
+            classify_close(state::SYN_RECV, 0, false),
+            close::PASSIVE_FAILED
+        );
+        assert_eq!(
+            classify_close(state::LISTEN, 0, false),
+            close::LISTENER_CLOSED
+        );
     }
 
     #[test]
@@ -588,11 +728,19 @@ mod tests {
         for i in 0..hist::BUCKETS - 1 {
             let lo = hist::bucket_low(i);
             let hi = hist::bucket_high(i);
-            assert_eq!(lo, prev_high, "bucket {i} starts where {} ended", i.max(1) - 1);
+            assert_eq!(
+                lo,
+                prev_high,
+                "bucket {i} starts where {} ended",
+                i.max(1) - 1
+            );
             assert_eq!(hist::bucket(lo), i);
             assert_eq!(hist::bucket(hi - 1), i);
             if lo >= 32 {
-                assert!((hi - lo) * 32 <= lo, "bucket {i} is at most 1/32 of its value wide");
+                assert!(
+                    (hi - lo) * 32 <= lo,
+                    "bucket {i} is at most 1/32 of its value wide"
+                );
             }
             prev_high = hi;
         }
@@ -632,13 +780,16 @@ mod tests {
         let low = hist::bucket_low(hist::bucket(1_000_000));
         let mut h = Histogram::default();
         h.record(low);
-        assert_eq!(h.quantile(0.99), Some(low));
+        h.record(low);
+        assert_eq!(h.quantile(0.5), Some(low));
         // At the top of its bucket the midpoint is below the value.
         let top = hist::bucket_high(hist::bucket(1_000_000)) - 1;
         let mut h = Histogram::default();
         h.record(top);
+        h.record(top);
         let q = h.quantile(0.5).unwrap();
         assert!(q < top && q >= low, "{q}");
+        assert_eq!(h.quantile(1.0), Some(top), "the top rank is the exact max");
     }
 
     #[test]

@@ -10,10 +10,7 @@ use tracer_common::Offsets;
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     #[error("cannot read kernel BTF at {path}: {source}")]
-    Read {
-        path: String,
-        source: btf_rs::Error,
-    },
+    Read { path: String, source: btf_rs::Error },
     #[error("kernel BTF has no struct `{0}`")]
     NoStruct(String),
     #[error("kernel BTF: struct `{0}` has no field `{1}`")]

@@ -173,11 +173,7 @@ impl Probe {
         let counters: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map("COUNTERS")?).map_err(err("COUNTERS"))?;
         for i in 0..counter::COUNT {
-            snap.counters[i as usize] = counters
-                .get(&i, 0)
-                .map_err(err("COUNTERS"))?
-                .iter()
-                .sum();
+            snap.counters[i as usize] = counters.get(&i, 0).map_err(err("COUNTERS"))?.iter().sum();
         }
         let transitions: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map("TRANSITIONS")?).map_err(err("TRANSITIONS"))?;

@@ -9,8 +9,8 @@ use tracer_common::{close, counter, dir, hist_kind, state, FlowKey, FlowStats};
 use crate::{
     diag::{DiagSocket, Population},
     model::{
-        comm_str, dir_name, endpoint, group_flows, ip_from_raw, state_name, GroupStats,
-        Histogram, Snapshot,
+        comm_str, dir_name, endpoint, group_flows, ip_from_raw, state_name, GroupStats, Histogram,
+        Snapshot,
     },
 };
 
@@ -254,7 +254,9 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     for s in ctx.sockets {
         population.add(s);
         if s.state == state::TIME_WAIT {
-            *by_peer.entry(population_label(s, ctx.ephemeral)).or_default() += 1;
+            *by_peer
+                .entry(population_label(s, ctx.ephemeral))
+                .or_default() += 1;
         }
     }
     let mut now_by_peer: Vec<PopulationRow> = by_peer
@@ -303,13 +305,26 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     .collect();
     let top_processes = group_flows(
         flows,
-        |k: &FlowKey, f: &FlowStats| (k.tgid, if k.tgid == 0 { String::new() } else { comm_str(&f.comm) }),
+        |k: &FlowKey, f: &FlowStats| {
+            (
+                k.tgid,
+                if k.tgid == 0 {
+                    String::new()
+                } else {
+                    comm_str(&f.comm)
+                },
+            )
+        },
         ctx.top,
     )
     .into_iter()
     .map(|((pid, comm), stats)| ProcessRow {
         pid: (pid != 0).then_some(pid),
-        comm: if pid == 0 { "(unknown owner)".into() } else { comm },
+        comm: if pid == 0 {
+            "(unknown owner)".into()
+        } else {
+            comm
+        },
         stats,
     })
     .collect();
@@ -428,7 +443,10 @@ pub fn render_text(s: &Summary) -> String {
         "TCP state summary: {:.1} s, filter: {}",
         s.duration_s, s.filter
     );
-    let _ = writeln!(o, "\nHandshake latency (ms; percentiles from a log-linear histogram, ±1.6%)");
+    let _ = writeln!(
+        o,
+        "\nHandshake latency (ms; percentiles from a log-linear histogram, ±1.6%)"
+    );
     let _ = writeln!(
         o,
         "  {:<24} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -436,10 +454,22 @@ pub fn render_text(s: &Summary) -> String {
     );
     latency_line(&mut o, "active (connect)", &s.active_handshake.all);
     latency_line(&mut o, "  clean", &s.active_handshake.clean);
-    latency_line(&mut o, "  with SYN retransmits", &s.active_handshake.retransmitted);
-    latency_line(&mut o, "passive (accept, SYN-ACK RTT)", &s.passive_handshake.all);
+    latency_line(
+        &mut o,
+        "  with SYN retransmits",
+        &s.active_handshake.retransmitted,
+    );
+    latency_line(
+        &mut o,
+        "passive (accept, SYN-ACK RTT)",
+        &s.passive_handshake.all,
+    );
     latency_line(&mut o, "  clean", &s.passive_handshake.clean);
-    latency_line(&mut o, "  with SYN-ACK retransmits", &s.passive_handshake.retransmitted);
+    latency_line(
+        &mut o,
+        "  with SYN-ACK retransmits",
+        &s.passive_handshake.retransmitted,
+    );
     if s.active_handshake.retransmitted.count + s.passive_handshake.retransmitted.count > 0 {
         let _ = writeln!(
             o,
@@ -513,7 +543,12 @@ pub fn render_text(s: &Summary) -> String {
     }
     let _ = writeln!(o, "\nTransitions");
     for t in &s.transitions {
-        let _ = writeln!(o, "  {:<26} {:>10}", format!("{}->{}", t.from, t.to), t.count);
+        let _ = writeln!(
+            o,
+            "  {:<26} {:>10}",
+            format!("{}->{}", t.from, t.to),
+            t.count
+        );
     }
     let h = &s.tracer;
     let _ = writeln!(
@@ -584,7 +619,10 @@ mod tests {
         assert_eq!(s.top_local_ports[0].local_port, None);
         assert_eq!(s.top_processes[0].pid, Some(10));
         let text = render_text(&s);
-        assert!(text.contains("Connects: 4 attempted, 3 established, 1 failed (refused 1"), "{text}");
+        assert!(
+            text.contains("Connects: 4 attempted, 3 established, 1 failed (refused 1"),
+            "{text}"
+        );
         assert!(text.contains("TIME_WAIT: 3 entered"), "{text}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["schema"], SCHEMA);

@@ -1,1 +1,270 @@
-fn main(){}
+//! Build, run and test automation: `cargo xtask <verb>`.
+//!
+//! - `setup`: nightly `rust-src` and a bpf-linker built against nightly's own
+//!   LLVM, into target/tools (see ../shared/TOOLCHAIN.md for why).
+//! - `build`: setup, then the release binary with the eBPF object embedded.
+//! - `run [-- ARGS]`: build, then run the tracer (as root).
+//! - `test`: build, unit tests, then the root integration tests one at a time.
+//! - `lint`: rustfmt check and clippy on the host crates.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tcp state tracer automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the eBPF object needs (idempotent).
+    Setup,
+    /// Build the release binary (target/release/tracer).
+    Build,
+    /// Build and run the tracer; arguments after `--` go to it (default: live events).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then root integration tests.
+    Test {
+        /// Only the tests whose name contains this (passed to both runs).
+        filter: Option<String>,
+    },
+    /// rustfmt --check and clippy --all-targets on the host crates.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root()?;
+    match cli.cmd {
+        Cmd::Setup => setup(&root),
+        Cmd::Build => build(&root),
+        Cmd::Run { args } => {
+            build(&root)?;
+            let bin = root.join("target/release/tracer");
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                eprintln!("xtask: not root; running the tracer through sudo");
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            status(cmd.args(&args))
+        }
+        Cmd::Test { filter } => test(&root, filter.as_deref()),
+        Cmd::Lint => {
+            status(cargo(&root).args(["fmt", "--all", "--", "--check"]))?;
+            status(cargo(&root).args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask has a parent")?
+        .to_path_buf())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn tools_bin(root: &Path) -> PathBuf {
+    root.join("target/tools/bin")
+}
+
+/// PATH with the project's tools first.
+fn tool_path(root: &Path) -> Result<OsString> {
+    let mut dirs = vec![tools_bin(root)];
+    dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+    Ok(env::join_paths(dirs)?)
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root);
+    if let Ok(p) = tool_path(root) {
+        c.env("PATH", p);
+    }
+    c
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let s = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !s.success() {
+        bail!("{cmd:?} failed: {s}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !o.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn setup(root: &Path) -> Result<()> {
+    // Nightly is what the image ships; its rust-src is needed by -Z build-std=core.
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("the `nightly` rustup toolchain is required to build the eBPF object")?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("xtask: installing rust-src for nightly");
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    let linker = tools_bin(root).join("bpf-linker");
+    // Rebuild when nightly's LLVM changed underneath a previous build.
+    let lib = sysroot.join("lib");
+    let llvm_so = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
+        .context("nightly ships no libLLVM-*-rust-*.so")?;
+    let stamp = tools_bin(root).join(".bpf-linker-llvm");
+    if linker.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&llvm_so) {
+        return Ok(());
+    }
+    let llvm_lib = llvm_so.trim_start_matches("lib").trim_end_matches(".so");
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV has no LLVM version")?
+        .to_string();
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's {llvm_so} (about a minute)");
+    let rustflags = format!(
+        "-L native={l} -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{l}",
+        l = lib.display()
+    );
+    status(
+        Command::new("cargo")
+            .current_dir(root)
+            .env("RUSTFLAGS", rustflags)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major},no-llvm-linking"))
+            .arg("--root")
+            .arg(root.join("target/tools")),
+    )?;
+    std::fs::write(stamp, &llvm_so)?;
+    Ok(())
+}
+
+fn build(root: &Path) -> Result<()> {
+    setup(root)?;
+    status(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--bin",
+        "tracer",
+    ]))?;
+    // The build script writes an empty object when it could not build one.
+    Ok(())
+}
+
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
+    build(root)?;
+    let mut failures = Vec::new();
+
+    let mut unit = cargo(root);
+    unit.args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--exclude",
+        "integration-tests",
+    ]);
+    if let Some(f) = filter {
+        unit.arg(f);
+    }
+    if let Err(e) = status(&mut unit) {
+        failures.push(format!("unit tests: {e:#}"));
+    }
+
+    if !is_root() {
+        failures.push(
+            "integration tests need root (they load eBPF programs and create network namespaces): \
+             run `sudo -E cargo xtask test`"
+                .into(),
+        );
+    } else {
+        let mut it = cargo(root);
+        it.args(["test", "--release", "--package", "integration-tests", "--"])
+            .arg("--test-threads=1");
+        if let Some(f) = filter {
+            it.arg(f);
+        }
+        if let Err(e) = status(&mut it) {
+            failures.push(format!("integration tests: {e:#}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("\n"))
+    }
+}
