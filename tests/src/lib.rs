@@ -172,19 +172,26 @@ pub fn tracer_bin() -> PathBuf {
     p
 }
 
-/// Our programs currently loaded in the kernel (names are cut to 15 bytes).
-pub fn loaded_tracer_programs() -> usize {
+/// Ids of our programs currently loaded in the kernel (names are cut to 15
+/// bytes). Tests compare id sets, so another tracer running on the machine
+/// does not disturb them.
+pub fn tracer_program_ids() -> std::collections::BTreeSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str() == Some(&tracer::probe::PROGRAM[..15]))
-        .count()
+        .map(|p| p.id())
+        .collect()
 }
 
-/// Wait until no program of ours is loaded: the kernel frees a dropped
-/// tracer's programs asynchronously (after an RCU grace period).
-pub fn wait_until_unloaded() -> usize {
+/// Wait until none of `ids` is loaded any more (the kernel frees a dropped
+/// tracer's programs asynchronously, after an RCU grace period); returns those
+/// still loaded.
+pub fn wait_until_unloaded(
+    ids: &std::collections::BTreeSet<u32>,
+) -> std::collections::BTreeSet<u32> {
     wait_for(Duration::from_secs(10), || {
-        let n = loaded_tracer_programs();
-        (n == 0, n)
+        let left: std::collections::BTreeSet<u32> =
+            tracer_program_ids().intersection(ids).copied().collect();
+        (left.is_empty(), left)
     })
 }

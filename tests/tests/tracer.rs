@@ -2,6 +2,7 @@
 //! known counts, exact assertions. Run by `cargo xtask test` (one at a time).
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader},
     net::{IpAddr, Ipv6Addr},
     process::{Command, Stdio},
@@ -9,8 +10,7 @@ use std::{
 };
 
 use integration_tests::{
-    loaded_tracer_programs, ss_time_wait, tracer_bin, wait_for, wait_until_unloaded, Subnet,
-    Workload,
+    ss_time_wait, tracer_bin, tracer_program_ids, wait_for, wait_until_unloaded, Subnet, Workload,
 };
 use tracer::{
     event,
@@ -323,16 +323,20 @@ fn comm_filter_is_applied_in_the_kernel() {
 
 #[test]
 fn nothing_stays_attached_after_the_tracer_is_dropped() {
-    assert_eq!(wait_until_unloaded(), 0, "clean start");
+    let before = tracer_program_ids();
     let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
-    assert_eq!(loaded_tracer_programs(), 1);
+    let ours: BTreeSet<u32> = tracer_program_ids().difference(&before).copied().collect();
+    assert_eq!(ours.len(), 1, "one program loaded");
     drop(t);
-    assert_eq!(wait_until_unloaded(), 0, "program unloaded with the tracer");
+    assert!(
+        wait_until_unloaded(&ours).is_empty(),
+        "program unloaded with the tracer"
+    );
 }
 
 #[test]
 fn unprivileged_run_fails_clearly_and_attaches_nothing() {
-    assert_eq!(wait_until_unloaded(), 0, "clean start");
+    let before = tracer_program_ids();
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -350,12 +354,15 @@ fn unprivileged_run_fails_clearly_and_attaches_nothing() {
         stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
         "{stderr}"
     );
-    assert_eq!(loaded_tracer_programs(), 0);
+    assert!(
+        tracer_program_ids().difference(&before).next().is_none(),
+        "nothing loaded"
+    );
 }
 
 #[test]
 fn bad_flags_are_rejected() {
-    assert_eq!(wait_until_unloaded(), 0, "clean start");
+    let before = tracer_program_ids();
     let out = Command::new(tracer_bin())
         .arg("--frobnicate")
         .output()
@@ -368,7 +375,10 @@ fn bad_flags_are_rejected() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("15-byte"));
-    assert_eq!(loaded_tracer_programs(), 0);
+    assert!(
+        tracer_program_ids().difference(&before).next().is_none(),
+        "nothing loaded"
+    );
 }
 
 #[test]

@@ -70,7 +70,7 @@ pub fn offset_of(btf: &Btf, name: &str, path: &[&str]) -> Result<u32, OffsetErro
         bits += off;
         ty = next;
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         return Err(OffsetError::Bitfield(name.into(), path.join(".")));
     }
     Ok(bits / 8)

@@ -224,9 +224,45 @@ fn build(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Run a `cargo test`, streaming its output, and add its `test result:`
+/// lines to `tally` (passed, failed).
+fn run_tests(cmd: &mut Command, tally: &mut (u64, u64)) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            tally.0 += num(" passed");
+            tally.1 += num(" failed");
+        }
+    }
+    let s = child.wait()?;
+    if !s.success() {
+        bail!("{cmd:?} failed: {s}");
+    }
+    Ok(())
+}
+
 fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     build(root)?;
     let mut failures = Vec::new();
+    let mut tally = (0u64, 0u64);
 
     let mut unit = cargo(root);
     unit.args([
@@ -253,15 +289,23 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         );
     } else {
         let mut it = cargo(root);
-        it.args(["test", "--release", "--package", "integration-tests", "--"])
-            .arg("--test-threads=1");
+        it.args([
+            "test",
+            "--release",
+            "--package",
+            "integration-tests",
+            "--tests",
+            "--",
+        ])
+        .arg("--test-threads=1");
         if let Some(f) = filter {
             it.arg(f);
         }
-        if let Err(e) = status(&mut it) {
+        if let Err(e) = run_tests(&mut it, &mut tally) {
             failures.push(format!("integration tests: {e:#}"));
         }
     }
+    println!("tests: {} passed, {} failed", tally.0, tally.1);
     if failures.is_empty() {
         Ok(())
     } else {
