@@ -107,6 +107,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// An empty program on the same tracepoint: the benchmarks' floor for the
+/// in-kernel cost of a tp_btf invocation. Never attached by the tracer itself.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn noop(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 #[inline(always)]
 fn bump(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {

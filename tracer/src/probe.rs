@@ -20,6 +20,22 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 
 /// Name of the program (and of its kernel tracepoint).
 pub const PROGRAM: &str = "inet_sock_set_state";
+/// The empty program on the same tracepoint (benchmark floor).
+pub const NOOP_PROGRAM: &str = "noop";
+
+/// In-kernel run statistics of one program. Filled only while
+/// `kernel.bpf_stats_enabled` is 1 (or a `aya::sys::enable_stats` fd is held).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl RunStats {
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.run_count > 0).then(|| self.run_time_ns as f64 / self.run_count as f64)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -45,6 +61,43 @@ pub enum ProbeError {
     Map(&'static str, aya::maps::MapError),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+}
+
+fn program_stats(ebpf: &Ebpf, name: &str) -> Result<RunStats, ProbeError> {
+    let prog = ebpf.program(name).ok_or(ProbeError::MissingMap("program"))?;
+    let info = prog.info()?;
+    Ok(RunStats {
+        run_count: info.run_count(),
+        run_time_ns: info.run_time().as_nanos() as u64,
+    })
+}
+
+/// The empty `noop` program attached alone to the tracepoint, to measure
+/// what any tp_btf program there costs. Dropping it detaches it.
+pub struct NoopProbe {
+    ebpf: Ebpf,
+}
+
+impl NoopProbe {
+    pub fn attach() -> Result<Self, ProbeError> {
+        check_privileges()?;
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let btf = Btf::from_sys_fs()?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(NOOP_PROGRAM)
+            .ok_or(ProbeError::MissingMap(NOOP_PROGRAM))?
+            .try_into()?;
+        prog.load(PROGRAM, &btf)?;
+        prog.attach()?;
+        Ok(NoopProbe { ebpf })
+    }
+
+    pub fn run_stats(&self) -> Result<RunStats, ProbeError> {
+        program_stats(&self.ebpf, NOOP_PROGRAM)
+    }
 }
 
 /// Check for the capabilities loading and attaching need, before touching
@@ -127,6 +180,11 @@ impl Probe {
         prog.load(PROGRAM, &btf)?;
         prog.attach()?;
         Ok(Probe { ebpf })
+    }
+
+    /// Run statistics of the attached program.
+    pub fn run_stats(&self) -> Result<RunStats, ProbeError> {
+        program_stats(&self.ebpf, PROGRAM)
     }
 
     /// The kernel side's aya-log records (warnings such as failed reads).

@@ -273,11 +273,14 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         "tracer-ebpf",
         "--exclude",
         "integration-tests",
+        "--lib",
+        "--bins",
+        "--tests",
     ]);
     if let Some(f) = filter {
         unit.arg(f);
     }
-    if let Err(e) = status(&mut unit) {
+    if let Err(e) = run_tests(&mut unit, &mut tally) {
         failures.push(format!("unit tests: {e:#}"));
     }
 
