@@ -21,11 +21,16 @@ pub struct Effects {
     pub established: u8,
     pub connect_failed: u8,
     pub time_wait: u8,
-    pub resets: u8,
+    pub fin_wait2_parked: u8,
+    pub resets_sent: u8,
+    pub resets_received: u8,
     pub close_local_first: u8,
     pub close_peer_first: u8,
+    pub close_simultaneous: u8,
     /// The flow's handshake stats take this transition's latency.
     pub handshake: u8,
+    /// An established connection ended: its lifetime and bytes count.
+    pub closed: u8,
 }
 
 impl Effects {
@@ -37,10 +42,14 @@ impl Effects {
             established: 0,
             connect_failed: 0,
             time_wait: 0,
-            resets: 0,
+            fin_wait2_parked: 0,
+            resets_sent: 0,
+            resets_received: 0,
             close_local_first: 0,
             close_peer_first: 0,
+            close_simultaneous: 0,
             handshake: 0,
+            closed: 0,
         }
     }
 
@@ -49,9 +58,12 @@ impl Effects {
         self.established
             | self.connect_failed
             | self.time_wait
-            | self.resets
+            | self.resets_sent
+            | self.resets_received
             | self.close_local_first
             | self.close_peer_first
+            | self.close_simultaneous
+            | self.closed
             != 0
     }
 }
@@ -94,6 +106,31 @@ pub fn classify_close(old: u8, sk_err: u16, sock_done: bool) -> u8 {
             _ => close::OTHER,
         },
     }
+}
+
+/// Payload bytes of a connection at its → CLOSE, from the kernel's raw
+/// `tcp_sock.bytes_received` / `bytes_acked`. Those count sequence space, so
+/// they include one for each SYN and FIN: `bytes_acked` counts our SYN on an
+/// active open (an accepted socket is created after its SYN-ACK was acked)
+/// and our FIN once acknowledged (FIN_WAIT2, CLOSING → TIME_WAIT, LAST_ACK →
+/// CLOSE); `bytes_received` counts the peer's FIN once received (SOCK_DONE).
+/// Returns (received, sent-and-acked) payload bytes.
+#[inline(always)]
+pub fn payload_bytes(
+    sock_dir: u8,
+    close_kind: u8,
+    sock_done: bool,
+    raw_received: u64,
+    raw_acked: u64,
+) -> (u64, u64) {
+    let rx = raw_received.saturating_sub(sock_done as u64);
+    let our_fin_acked = matches!(
+        close_kind,
+        close::TIME_WAIT | close::FIN_WAIT2_PARKED | close::LAST_ACK
+    );
+    let syn = (sock_dir == dir::ACTIVE) as u64;
+    let tx = raw_acked.saturating_sub(syn + our_fin_acked as u64);
+    (rx, tx)
 }
 
 /// Effects of `old → new` on a socket opened in direction `sock_dir`.
@@ -145,23 +182,32 @@ pub fn effects(
             e.counters[1] = counter::CLOSE_PEER_FIRST;
             e.close_peer_first = 1;
         }
-        (state::FIN_WAIT1, state::CLOSING) => e.counters[1] = counter::CLOSE_SIMULTANEOUS,
+        (state::FIN_WAIT1, state::CLOSING) => {
+            e.counters[1] = counter::CLOSE_SIMULTANEOUS;
+            e.close_simultaneous = 1;
+        }
         (_, state::CLOSE) => {
             let k = classify_close(old, sk_err, sock_done);
             e.close_kind = k;
             e.counters[1] = counter::CLOSE_BASE + k as u32;
             if old == state::SYN_SENT {
                 e.connect_failed = 1;
-            } else if k == close::TIME_WAIT || k == close::FIN_WAIT2_PARKED {
+            } else if old != state::SYN_RECV && old != state::LISTEN && old != state::CLOSE {
+                e.closed = 1;
+            }
+            if k == close::TIME_WAIT || k == close::FIN_WAIT2_PARKED {
                 e.time_wait = 1;
+                e.fin_wait2_parked = (k == close::FIN_WAIT2_PARKED) as u8;
                 e.counters[2] = counter::TIME_WAIT_BY_DIR
                     + if sock_dir <= dir::PASSIVE {
                         sock_dir as u32
                     } else {
                         0
                     };
-            } else if k == close::RESET_SENT || k == close::RESET_RECEIVED {
-                e.resets = 1;
+            } else if k == close::RESET_SENT {
+                e.resets_sent = 1;
+            } else if k == close::RESET_RECEIVED && old != state::SYN_SENT {
+                e.resets_received = 1;
             }
         }
         _ => {}

@@ -140,7 +140,9 @@ pub mod hist_kind {
     pub const PASSIVE: u32 = 2;
     /// Same, for handshakes whose SYN-ACK was retransmitted.
     pub const PASSIVE_RETRANS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Established connections' lifetime at → CLOSE, from the birth transition.
+    pub const LIFETIME: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Bits in `Event::flags` and `SockState::flags`.
@@ -155,6 +157,8 @@ pub mod flag {
     pub const DEFERRED: u8 = 8;
     /// SockState: the socket matched the filters once; later transitions keep matching.
     pub const MATCHED: u8 = 16;
+    /// `lifetime_ns` is valid (the socket's birth transition was seen).
+    pub const LIFETIME_KNOWN: u8 = 32;
 }
 
 /// Byte offsets of the kernel fields the programs read, computed in userspace
@@ -222,6 +226,14 @@ pub struct Event {
     pub in_state_ns: u64,
     /// Handshake latency, set on SYN_SENT/SYN_RECV → ESTABLISHED; else 0.
     pub handshake_ns: u64,
+    /// On → CLOSE: time since the socket's birth transition (CLOSE→SYN_SENT or
+    /// LISTEN→SYN_RECV), valid when `flag::LIFETIME_KNOWN` is set.
+    pub lifetime_ns: u64,
+    /// On → CLOSE: `tcp_sock.bytes_received` and `bytes_acked` (payload bytes).
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// cgroup v2 id of the owner, captured with the owner (0: unknown).
+    pub cgroup_id: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Owner process id (tgid) and comm, carried per socket.
@@ -244,7 +256,7 @@ pub struct Event {
     pub flags: u8,
     pub _pad: [u8; 11],
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 112);
+const _: () = assert!(core::mem::size_of::<Event>() == 144);
 
 /// Per-socket state in the in-flight LRU map, keyed by socket cookie.
 #[repr(C)]
@@ -256,6 +268,10 @@ pub struct SockState {
     pub ts_syn: u64,
     /// The deferred transition's timestamp.
     pub deferred_ts: u64,
+    /// Birth transition time (CLOSE→SYN_SENT / LISTEN→SYN_RECV); 0 = not seen.
+    pub ts_birth: u64,
+    /// Owner's cgroup v2 id, captured with the owner.
+    pub cgroup_id: u64,
     pub tgid: u32,
     pub _pad0: u32,
     pub comm: [u8; TASK_COMM_LEN],
@@ -265,16 +281,18 @@ pub struct SockState {
     pub deferred_new: u8,
     pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 56);
+const _: () = assert!(core::mem::size_of::<SockState>() == 72);
 
 /// Who owns a listening port (captured at CLOSE→LISTEN in listen()'s context).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
+    pub cgroup_id: u64,
     pub tgid: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Owner>() == 20);
+const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 
 /// Key of the per-flow breakdown: one remote service (active side: remote
 /// address and port) or one local service per client address (passive side:
@@ -284,6 +302,8 @@ const _: () = assert!(core::mem::size_of::<Owner>() == 20);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub raddr: [u8; 16],
+    /// Local address: tells apart the interfaces/IPs a host's TIME_WAITs sit on.
+    pub laddr: [u8; 16],
     pub family: u16,
     /// Remote port for `dir::ACTIVE`, local port for `dir::PASSIVE`/`UNKNOWN`.
     pub port: u16,
@@ -291,7 +311,7 @@ pub struct FlowKey {
     pub dir: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 28);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 
 /// Counters per flow (per-CPU; userspace sums).
 #[repr(C)]
@@ -303,19 +323,46 @@ pub struct FlowStats {
     pub connect_failed: u64,
     /// Entries into the timewait table (TIME_WAIT + parked FIN_WAIT2).
     pub time_wait: u64,
-    /// Resets sent or received.
-    pub resets: u64,
+    /// Of those, orphans parked in FIN_WAIT2 before the peer's FIN.
+    pub fin_wait2_parked: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// ESTABLISHED → FIN_WAIT1 (active close) / → CLOSE_WAIT (passive close).
     pub close_local_first: u64,
     pub close_peer_first: u64,
+    /// FIN_WAIT1 → CLOSING.
+    pub close_simultaneous: u64,
     pub handshake_count: u64,
     pub handshake_sum_ns: u64,
     pub handshake_max_ns: u64,
     /// Handshakes that needed retransmits, and the retransmits summed.
     pub handshake_retrans: u64,
     pub retrans_total: u64,
+    /// Established connections that closed with a known lifetime, and the
+    /// lifetimes summed / maximum.
+    pub closed: u64,
+    pub lifetime_sum_ns: u64,
+    pub lifetime_max_ns: u64,
+    /// Payload bytes at close, summed (`bytes_received`, `bytes_acked`).
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    /// Owner's cgroup id (last seen).
+    pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 104);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 176);
+
+/// One second of TIME_WAIT entries, in a 64-slot per-CPU ring indexed by
+/// `second % 64`, so userspace can sum the entries of the last 60 s (the
+/// kernel's fixed TIME_WAIT length): the population TIME_WAIT should have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwSlot {
+    /// bpf_ktime_get_ns() / 1e9 of the entries counted here.
+    pub sec: u64,
+    pub count: u64,
+}
+pub const TW_SLOTS: u32 = 64;
 
 /// Slot of (old, new) in the 13x13 transition matrix.
 #[inline(always)]
@@ -336,4 +383,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::hist::Hist {}
+    unsafe impl aya::Pod for super::TwSlot {}
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_socket_cookie,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
     macros::{btf_tracepoint, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -26,7 +26,7 @@ use tracer_common::{
     close, counter, dir, flag, hist,
     hist::Hist,
     hist_kind, state, transition_index, Event, Filter, FlowKey, FlowStats, Offsets, Owner,
-    SockState, AF_INET, AF_INET6, IPPROTO_TCP, TASK_COMM_LEN, TRANSITION_SLOTS,
+    SockState, TwSlot, AF_INET, AF_INET6, IPPROTO_TCP, TASK_COMM_LEN, TRANSITION_SLOTS, TW_SLOTS,
 };
 
 /// Field offsets, written by the loader (`EbpfLoader::override_global`).
@@ -95,6 +95,10 @@ static INFLIGHT: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(262_1
 /// Listening ports → the process that called listen().
 #[map]
 static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(4096, 0);
+
+/// TIME_WAIT entries per second, in a ring of `TW_SLOTS` seconds.
+#[map]
+static TW_SECONDS: PerCpuArray<TwSlot> = PerCpuArray::with_max_entries(TW_SLOTS, 0);
 
 #[map]
 static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16_384, 0);
@@ -290,7 +294,25 @@ fn verdict(t: &Tuple, st: &SockState) -> Verdict {
 fn own(st: &mut SockState) {
     st.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     st.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    // SAFETY: helper without arguments.
+    st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     st.flags |= flag::OWNER_KNOWN;
+}
+
+/// Count one TIME_WAIT entry in this second's slot of the ring.
+#[inline(always)]
+fn count_tw_second(now: u64) {
+    let sec = now / 1_000_000_000;
+    if let Some(s) = TW_SECONDS.get_ptr_mut((sec % TW_SLOTS as u64) as u32) {
+        // SAFETY: per-CPU slot, this program is the only writer on this CPU.
+        unsafe {
+            if (*s).sec != sec {
+                (*s).sec = sec;
+                (*s).count = 0;
+            }
+            (*s).count += 1;
+        }
+    }
 }
 
 #[inline(always)]
@@ -316,21 +338,44 @@ static ZERO_FLOW: FlowStats = FlowStats {
     established: 0,
     connect_failed: 0,
     time_wait: 0,
-    resets: 0,
+    fin_wait2_parked: 0,
+    resets_sent: 0,
+    resets_received: 0,
     close_local_first: 0,
     close_peer_first: 0,
+    close_simultaneous: 0,
     handshake_count: 0,
     handshake_sum_ns: 0,
     handshake_max_ns: 0,
     handshake_retrans: 0,
     retrans_total: 0,
+    closed: 0,
+    lifetime_sum_ns: 0,
+    lifetime_max_ns: 0,
+    bytes_received: 0,
+    bytes_acked: 0,
+    cgroup_id: 0,
     comm: [0; TASK_COMM_LEN],
 };
 
+/// Socket facts a flow update takes: the handshake's latency and retransmits,
+/// and what an established connection's close reports (lifetime, payload bytes).
+#[derive(Default)]
+struct FlowFacts {
+    handshake_ns: u64,
+    retrans: u32,
+    lifetime_ns: u64,
+    lifetime_known: bool,
+    bytes_received: u64,
+    bytes_acked: u64,
+}
+
 #[inline(never)]
-fn update_flow(t: &Tuple, st: &SockState, e: &Effects, handshake_ns: u64, retrans: u32) {
+fn update_flow(t: &Tuple, st: &SockState, e: &Effects, cf: &FlowFacts) {
+    let (handshake_ns, retrans) = (cf.handshake_ns, cf.retrans);
     let mut key = FlowKey {
         raddr: t.daddr,
+        laddr: t.saddr,
         family: t.family,
         port: if st.dir == dir::ACTIVE {
             t.dport
@@ -364,9 +409,23 @@ fn update_flow(t: &Tuple, st: &SockState, e: &Effects, handshake_ns: u64, retran
         (*f).established += e.established as u64;
         (*f).connect_failed += e.connect_failed as u64;
         (*f).time_wait += e.time_wait as u64;
-        (*f).resets += e.resets as u64;
+        (*f).fin_wait2_parked += e.fin_wait2_parked as u64;
+        (*f).resets_sent += e.resets_sent as u64;
+        (*f).resets_received += e.resets_received as u64;
         (*f).close_local_first += e.close_local_first as u64;
         (*f).close_peer_first += e.close_peer_first as u64;
+        (*f).close_simultaneous += e.close_simultaneous as u64;
+        if e.closed != 0 {
+            (*f).bytes_received += cf.bytes_received;
+            (*f).bytes_acked += cf.bytes_acked;
+            if cf.lifetime_known {
+                (*f).closed += 1;
+                (*f).lifetime_sum_ns += cf.lifetime_ns;
+                if cf.lifetime_ns > (*f).lifetime_max_ns {
+                    (*f).lifetime_max_ns = cf.lifetime_ns;
+                }
+            }
+        }
         if e.handshake != 0 {
             (*f).handshake_count += 1;
             (*f).handshake_sum_ns += handshake_ns;
@@ -380,6 +439,7 @@ fn update_flow(t: &Tuple, st: &SockState, e: &Effects, handshake_ns: u64, retran
         }
         if st.flags & flag::OWNER_KNOWN != 0 {
             (*f).comm = st.comm;
+            (*f).cgroup_id = st.cgroup_id;
         }
     }
 }
@@ -395,6 +455,9 @@ struct Detail {
     sk_err: u16,
     close_kind: u8,
     flags: u8,
+    lifetime_ns: u64,
+    bytes_received: u64,
+    bytes_acked: u64,
 }
 
 #[inline(never)]
@@ -414,6 +477,10 @@ fn emit(t: &Tuple, st: &SockState, cookie: u64, d: &Detail) {
         (*e).cookie = cookie;
         (*e).in_state_ns = d.in_state_ns;
         (*e).handshake_ns = d.handshake_ns;
+        (*e).lifetime_ns = d.lifetime_ns;
+        (*e).bytes_received = d.bytes_received;
+        (*e).bytes_acked = d.bytes_acked;
+        (*e).cgroup_id = st.cgroup_id;
         (*e).saddr = t.saddr;
         (*e).daddr = t.daddr;
         (*e).tgid = st.tgid;
@@ -477,8 +544,10 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         let mut st = SockState::default();
         own(&mut st);
         let owner = Owner {
+            cgroup_id: st.cgroup_id,
             tgid: st.tgid,
             comm: st.comm,
+            _pad: 0,
         };
         let _ = LISTENERS.insert(&t.sport, &owner, 0);
     }
@@ -507,6 +576,9 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
                     close::NONE
                 },
                 flags: 0,
+                lifetime_ns: 0,
+                bytes_received: 0,
+                bytes_acked: 0,
             };
             emit(&t, &owner, 0, &detail);
         }
@@ -529,14 +601,17 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         if old == state::CLOSE && new == state::SYN_SENT {
             st.dir = dir::ACTIVE;
             st.ts_syn = now;
+            st.ts_birth = now;
             own(&mut st);
         } else if old == state::LISTEN && new == state::SYN_RECV {
             st.dir = dir::PASSIVE;
+            st.ts_birth = now;
             // SAFETY: map value read-only copy.
             if let Some(o) = unsafe { LISTENERS.get(&t.sport) } {
                 if o.tgid != 0 {
                     st.tgid = o.tgid;
                     st.comm = o.comm;
+                    st.cgroup_id = o.cgroup_id;
                     st.flags |= flag::OWNER_KNOWN;
                 }
             }
@@ -594,6 +669,9 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             sk_err: 0,
             close_kind: close::NONE,
             flags: 0,
+            lifetime_ns: 0,
+            bytes_received: 0,
+            bytes_acked: 0,
         };
         emit(&t, &st, cookie, &dd);
         st.flags &= !flag::DEFERRED;
@@ -655,6 +733,26 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         retrans,
         handshake_known,
     );
+    let mut cf = FlowFacts {
+        handshake_ns,
+        retrans,
+        ..FlowFacts::default()
+    };
+    if e.closed != 0 {
+        let raw_rx: u64 = rd(sk, ld!(OFFSETS.bytes_received))?;
+        let raw_acked: u64 = rd(sk, ld!(OFFSETS.bytes_acked))?;
+        (cf.bytes_received, cf.bytes_acked) =
+            account::payload_bytes(st.dir, e.close_kind, sock_done, raw_rx, raw_acked);
+        if st.ts_birth != 0 {
+            cf.lifetime_ns = now.saturating_sub(st.ts_birth);
+            cf.lifetime_known = true;
+            ev_flags |= flag::LIFETIME_KNOWN;
+            observe_hist(hist_kind::LIFETIME, cf.lifetime_ns);
+        }
+    }
+    if e.time_wait != 0 {
+        count_tw_second(now);
+    }
     for c in e.counters {
         if c != account::NONE {
             bump(c);
@@ -664,7 +762,7 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         observe_hist(e.hist, handshake_ns);
     }
     if e.touches_flow() {
-        update_flow(&t, &st, &e, handshake_ns, retrans);
+        update_flow(&t, &st, &e, &cf);
     }
     if retrans > 0 {
         ev_flags |= flag::RETRANS;
@@ -680,6 +778,9 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         sk_err,
         close_kind,
         flags: ev_flags,
+        lifetime_ns: cf.lifetime_ns,
+        bytes_received: cf.bytes_received,
+        bytes_acked: cf.bytes_acked,
     };
     emit(&t, &st, cookie, &detail);
 

@@ -94,6 +94,17 @@ pub struct Transition {
     pub close: Option<&'static str>,
     /// `sk_err` at → CLOSE (errno), when non-zero.
     pub sk_err: Option<u16>,
+    /// On the → CLOSE of an established connection: its lifetime in ms since
+    /// its birth transition (CLOSE→SYN_SENT, or LISTEN→SYN_RECV for accepted
+    /// ones); null if the birth was not seen.
+    pub lifetime_ms: Option<f64>,
+    /// On the same → CLOSE: payload bytes received and sent-and-acknowledged
+    /// (`tcp_sock.bytes_received` / `bytes_acked`, as tcplife reports).
+    pub bytes_received: Option<u64>,
+    pub bytes_sent_acked: Option<u64>,
+    /// cgroup v2 id of the owner (0: unknown), and its path when resolved.
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
 }
 
 impl Transition {
@@ -119,8 +130,19 @@ impl Transition {
             handshake_retransmits: established.then_some(e.retrans),
             close: (e.close_kind != close::NONE).then(|| close_kind_name(e.close_kind)),
             sk_err: (e.sk_err != 0).then_some(e.sk_err),
+            lifetime_ms: (e.flags & flag::LIFETIME_KNOWN != 0).then(|| e.lifetime_ns as f64 / 1e6),
+            bytes_received: closed_established(e).then_some(e.bytes_received),
+            bytes_sent_acked: closed_established(e).then_some(e.bytes_acked),
+            cgroup_id: e.cgroup_id,
+            cgroup: None,
         }
     }
+}
+
+/// Is this the → CLOSE of a connection that had been established?
+fn closed_established(e: &Event) -> bool {
+    use tracer_common::state::*;
+    e.newstate == CLOSE && !matches!(e.oldstate, SYN_SENT | SYN_RECV | LISTEN | CLOSE)
 }
 
 /// Column header of the text format.
@@ -151,6 +173,17 @@ pub fn text_line(t: &Transition) -> String {
     }
     if let Some(e) = t.sk_err {
         note.push(format!("sk_err {e}"));
+    }
+    if let Some(l) = t.lifetime_ms {
+        note.push(format!("lived {l:.3} ms"));
+    }
+    if let (Some(rx), Some(tx)) = (t.bytes_received, t.bytes_sent_acked) {
+        note.push(format!("rx {rx} B, tx {tx} B"));
+    }
+    if let Some(c) = &t.cgroup {
+        if c != "/" {
+            note.push(format!("cgroup {c}"));
+        }
     }
     format!(
         "{:<15} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
@@ -191,6 +224,10 @@ mod tests {
             cookie: 77,
             in_state_ns: 1_500_000,
             handshake_ns: 1_500_000,
+            lifetime_ns: 0,
+            bytes_received: 0,
+            bytes_acked: 0,
+            cgroup_id: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             tgid: 4242,
@@ -231,7 +268,7 @@ mod tests {
         assert_eq!(decode(&shifted[1..]), Ok(e));
         assert_eq!(
             decode(&b[..10]),
-            Err(DecodeError::Length { got: 10, want: 112 })
+            Err(DecodeError::Length { got: 10, want: 144 })
         );
     }
 
@@ -275,6 +312,39 @@ mod tests {
         assert_eq!(t.in_old_state_us, None);
         assert_eq!(t.close, Some("time_wait"));
         assert_eq!(t.handshake_us, None);
+        assert_eq!(t.lifetime_ms, None);
+        assert_eq!(t.bytes_received, Some(0));
         assert!(text_line(&t).contains("FIN_WAIT2->CLOSE"));
+    }
+
+    #[test]
+    fn close_carries_lifetime_bytes_and_cgroup() {
+        let mut e = event();
+        e.oldstate = state::LAST_ACK;
+        e.newstate = state::CLOSE;
+        e.close_kind = close::LAST_ACK;
+        e.flags |= flag::LIFETIME_KNOWN;
+        e.lifetime_ns = 2_500_000;
+        e.bytes_received = 1000;
+        e.bytes_acked = 20;
+        e.cgroup_id = 9;
+        let mut t = Transition::from_event(&e, &Clock::fixed(0, epoch(0)));
+        t.cgroup = Some("/app.slice".into());
+        assert_eq!(t.lifetime_ms, Some(2.5));
+        assert_eq!(
+            (t.bytes_received, t.bytes_sent_acked),
+            (Some(1000), Some(20))
+        );
+        assert_eq!(t.handshake_retransmits, None);
+        let line = text_line(&t);
+        assert!(
+            line.contains("passive_close, lived 2.500 ms, rx 1000 B, tx 20 B, cgroup /app.slice"),
+            "{line}"
+        );
+        // A failed connect has no lifetime or bytes.
+        e.oldstate = state::SYN_SENT;
+        e.flags &= !flag::LIFETIME_KNOWN;
+        let t = Transition::from_event(&e, &Clock::fixed(0, epoch(0)));
+        assert_eq!((t.lifetime_ms, t.bytes_received), (None, None));
     }
 }

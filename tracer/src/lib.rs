@@ -5,6 +5,7 @@
 //! probe to the sock_diag population so the binary and the integration tests
 //! produce reports through the same path.
 
+pub mod cgroup;
 pub mod cli;
 pub mod diag;
 pub mod event;

@@ -208,16 +208,25 @@ pub fn add_flow_stats(acc: &mut FlowStats, v: &FlowStats) {
     acc.established += v.established;
     acc.connect_failed += v.connect_failed;
     acc.time_wait += v.time_wait;
-    acc.resets += v.resets;
+    acc.fin_wait2_parked += v.fin_wait2_parked;
+    acc.resets_sent += v.resets_sent;
+    acc.resets_received += v.resets_received;
     acc.close_local_first += v.close_local_first;
     acc.close_peer_first += v.close_peer_first;
+    acc.close_simultaneous += v.close_simultaneous;
     acc.handshake_count += v.handshake_count;
     acc.handshake_sum_ns += v.handshake_sum_ns;
     acc.handshake_max_ns = acc.handshake_max_ns.max(v.handshake_max_ns);
     acc.handshake_retrans += v.handshake_retrans;
     acc.retrans_total += v.retrans_total;
+    acc.closed += v.closed;
+    acc.lifetime_sum_ns += v.lifetime_sum_ns;
+    acc.lifetime_max_ns = acc.lifetime_max_ns.max(v.lifetime_max_ns);
+    acc.bytes_received += v.bytes_received;
+    acc.bytes_acked += v.bytes_acked;
     if v.comm[0] != 0 {
         acc.comm = v.comm;
+        acc.cgroup_id = v.cgroup_id;
     }
 }
 
@@ -232,27 +241,57 @@ pub fn comm_str(c: &[u8]) -> String {
 pub struct GroupStats {
     pub established: u64,
     pub connect_failed: u64,
+    /// Entries into the timewait table (TIME_WAIT, and orphans parked in FIN_WAIT2).
     pub time_wait_entries: u64,
+    /// Of those, orphans parked in FIN_WAIT2 before the peer's FIN: each ends
+    /// in TIME_WAIT when the FIN comes, or in a FIN_WAIT2 timeout.
+    pub fin_wait2_parked: u64,
+    /// `resets_sent + resets_received`.
     pub resets: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Close paths: this host sent the first FIN (it pays TIME_WAIT), the peer
+    /// did (CLOSE_WAIT → LAST_ACK here), or both crossed (CLOSING).
     pub closed_here_first: u64,
     pub closed_by_peer_first: u64,
+    pub closed_simultaneously: u64,
     pub handshakes: u64,
     pub handshake_mean_us: Option<f64>,
     pub handshake_max_us: Option<f64>,
     pub handshakes_with_retransmits: u64,
     pub retransmits: u64,
+    /// Established connections that ended (any path) with a known lifetime.
+    pub connections_closed: u64,
+    pub lifetime_mean_ms: Option<f64>,
+    pub lifetime_max_ms: Option<f64>,
+    /// Payload bytes at close, summed over the closed connections
+    /// (`tcp_sock.bytes_received` / `bytes_acked`).
+    pub bytes_received: u64,
+    pub bytes_sent_acked: u64,
 }
 
 impl GroupStats {
-    fn add(&mut self, f: &FlowStats, sum_ns: &mut u64) {
+    fn add(&mut self, f: &FlowStats, sums: &mut GroupSums) {
         self.established += f.established;
         self.connect_failed += f.connect_failed;
         self.time_wait_entries += f.time_wait;
-        self.resets += f.resets;
+        self.fin_wait2_parked += f.fin_wait2_parked;
+        self.resets_sent += f.resets_sent;
+        self.resets_received += f.resets_received;
+        self.resets += f.resets_sent + f.resets_received;
         self.closed_here_first += f.close_local_first;
         self.closed_by_peer_first += f.close_peer_first;
+        self.closed_simultaneously += f.close_simultaneous;
         self.handshakes += f.handshake_count;
-        *sum_ns += f.handshake_sum_ns;
+        sums.handshake_ns += f.handshake_sum_ns;
+        self.connections_closed += f.closed;
+        sums.lifetime_ns += f.lifetime_sum_ns;
+        if f.closed > 0 {
+            let max = f.lifetime_max_ns as f64 / 1e6;
+            self.lifetime_max_ms = Some(self.lifetime_max_ms.map_or(max, |m| m.max(max)));
+        }
+        self.bytes_received += f.bytes_received;
+        self.bytes_sent_acked += f.bytes_acked;
         if f.handshake_count > 0 {
             let max = f.handshake_max_ns as f64 / 1e3;
             self.handshake_max_us = Some(self.handshake_max_us.map_or(max, |m| m.max(max)));
@@ -268,22 +307,33 @@ impl GroupStats {
     }
 }
 
+/// Sums behind a group's means.
+#[derive(Clone, Copy, Debug, Default)]
+struct GroupSums {
+    handshake_ns: u64,
+    lifetime_ns: u64,
+}
+
 /// Group flows by `key_of`, then keep the `top` largest by volume (ties by key).
 pub fn group_flows<K: Ord + Clone>(
     flows: &[(FlowKey, FlowStats)],
     key_of: impl Fn(&FlowKey, &FlowStats) -> K,
     top: usize,
 ) -> Vec<(K, GroupStats)> {
-    let mut groups: std::collections::BTreeMap<K, (GroupStats, u64)> = Default::default();
+    let mut groups: std::collections::BTreeMap<K, (GroupStats, GroupSums)> = Default::default();
     for (k, f) in flows {
-        let (g, sum) = groups.entry(key_of(k, f)).or_default();
-        g.add(f, sum);
+        let (g, sums) = groups.entry(key_of(k, f)).or_default();
+        g.add(f, sums);
     }
     let mut out: Vec<(K, GroupStats)> = groups
         .into_iter()
-        .map(|(k, (mut g, sum))| {
+        .map(|(k, (mut g, sums))| {
             if g.handshakes > 0 {
-                g.handshake_mean_us = Some(sum as f64 / g.handshakes as f64 / 1e3);
+                g.handshake_mean_us = Some(sums.handshake_ns as f64 / g.handshakes as f64 / 1e3);
+            }
+            if g.connections_closed > 0 {
+                g.lifetime_mean_ms =
+                    Some(sums.lifetime_ns as f64 / g.connections_closed as f64 / 1e6);
             }
             (k, g)
         })
@@ -359,6 +409,7 @@ impl Replay {
             raddr[..4].copy_from_slice(&s.raddr);
             let key = FlowKey {
                 raddr,
+                laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 family: tracer_common::AF_INET,
                 port: if s.dir == dir::ACTIVE {
                     s.rport
@@ -374,15 +425,18 @@ impl Replay {
                 established: e.established as u64,
                 connect_failed: e.connect_failed as u64,
                 time_wait: e.time_wait as u64,
-                resets: e.resets as u64,
+                fin_wait2_parked: e.fin_wait2_parked as u64,
+                resets_sent: e.resets_sent as u64,
+                resets_received: e.resets_received as u64,
                 close_local_first: e.close_local_first as u64,
                 close_peer_first: e.close_peer_first as u64,
+                close_simultaneous: e.close_simultaneous as u64,
                 handshake_count: e.handshake as u64,
                 handshake_sum_ns: if e.handshake != 0 { hs } else { 0 },
                 handshake_max_ns: if e.handshake != 0 { hs } else { 0 },
                 handshake_retrans: (e.handshake != 0 && retrans > 0) as u64,
                 retrans_total: if e.handshake != 0 { retrans as u64 } else { 0 },
-                comm: [0; 16],
+                ..FlowStats::default()
             };
             match snap.flows.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, f)) => add_flow_stats(f, &delta),
@@ -667,8 +721,9 @@ mod tests {
         assert_eq!(s.closes(close::RESET_RECEIVED), 1);
         assert_eq!(s.transition(state::ESTABLISHED, state::CLOSE), 2);
         assert_eq!(s.closes(close::TIME_WAIT), 0);
-        let resets: u64 = s.flows.iter().map(|(_, f)| f.resets).sum();
-        assert_eq!(resets, 2);
+        let sent: u64 = s.flows.iter().map(|(_, f)| f.resets_sent).sum();
+        let received: u64 = s.flows.iter().map(|(_, f)| f.resets_received).sum();
+        assert_eq!((sent, received), (1, 1));
     }
 
     #[test]
@@ -681,7 +736,7 @@ mod tests {
         assert_eq!(s.transition(state::SYN_SENT, state::CLOSE), 1);
         assert_eq!(s.closes(close::RESET_RECEIVED), 0);
         assert_eq!(s.flows[0].1.connect_failed, 1);
-        assert_eq!(s.flows[0].1.resets, 0);
+        assert_eq!(s.flows[0].1.resets_received, 0);
         assert_eq!(s.hists.iter().map(|h| h.count).sum::<u64>(), 0);
     }
 
@@ -855,5 +910,35 @@ mod tests {
         assert_eq!(state_name(99), "UNKNOWN");
         assert_eq!(close_kind_name(close::TIME_WAIT), "time_wait");
         assert_eq!(comm_str(b"curl\0\0\0"), "curl");
+    }
+
+    #[test]
+    fn payload_bytes_leave_out_syn_and_fin() {
+        use tracer_common::account::payload_bytes;
+        // Raw values read on a real loopback connection: the client sent 100
+        // bytes and got 50, closed first and was parked in FIN_WAIT2; the
+        // server closed after the client's FIN (LAST_ACK → CLOSE).
+        assert_eq!(
+            payload_bytes(dir::ACTIVE, close::FIN_WAIT2_PARKED, false, 50, 102),
+            (50, 100)
+        );
+        assert_eq!(
+            payload_bytes(dir::PASSIVE, close::LAST_ACK, true, 101, 51),
+            (100, 50)
+        );
+        // TIME_WAIT after the peer's FIN: both FINs in sequence space.
+        assert_eq!(
+            payload_bytes(dir::ACTIVE, close::TIME_WAIT, true, 51, 102),
+            (50, 100)
+        );
+        // Abort: no FIN was acked; the SYN still counts on the active side.
+        assert_eq!(
+            payload_bytes(dir::ACTIVE, close::RESET_SENT, false, 7, 1),
+            (7, 0)
+        );
+        assert_eq!(
+            payload_bytes(dir::PASSIVE, close::RESET_RECEIVED, false, 0, 0),
+            (0, 0)
+        );
     }
 }

@@ -64,7 +64,9 @@ pub enum ProbeError {
 }
 
 fn program_stats(ebpf: &Ebpf, name: &str) -> Result<RunStats, ProbeError> {
-    let prog = ebpf.program(name).ok_or(ProbeError::MissingMap("program"))?;
+    let prog = ebpf
+        .program(name)
+        .ok_or(ProbeError::MissingMap("program"))?;
     let info = prog.info()?;
     Ok(RunStats {
         run_count: info.run_count(),

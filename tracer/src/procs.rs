@@ -33,7 +33,7 @@ pub fn socket_owners(inodes: &[u32]) -> HashMap<u32, Owner> {
                 let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
                 let mut owner = Owner {
                     tgid: pid,
-                    comm: [0; TASK_COMM_LEN],
+                    ..Owner::default()
                 };
                 let c = comm.trim_end().as_bytes();
                 let n = c.len().min(TASK_COMM_LEN - 1);

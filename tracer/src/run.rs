@@ -60,6 +60,12 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
     let clock = Clock::now();
+    let mut cgroups = crate::cgroup::Resolver::new();
+    let mut transition = |e: &tracer_common::Event| {
+        let mut t = Transition::from_event(e, &clock);
+        t.cgroup = cgroups.path(e.cgroup_id);
+        t
+    };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     eprintln!(
@@ -83,7 +89,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
                     while let Some(item) = ring.next() {
                         match event::decode(&item) {
                             Ok(e) => {
-                                event::write(&mut out, &Transition::from_event(&e, &clock), args.json)?;
+                                event::write(&mut out, &transition(&e), args.json)?;
                                 printed += 1;
                             }
                             Err(e) => {
@@ -100,9 +106,15 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         // Whatever arrived before the stop.
         let ring = fd.get_mut();
         while let Some(item) = ring.next() {
-            if let Ok(e) = event::decode(&item) {
-                event::write(&mut out, &Transition::from_event(&e, &clock), args.json)?;
-                printed += 1;
+            match event::decode(&item) {
+                Ok(e) => {
+                    event::write(&mut out, &transition(&e), args.json)?;
+                    printed += 1;
+                }
+                Err(e) => {
+                    bad += 1;
+                    log::warn!("{e}");
+                }
             }
         }
         out.flush()
