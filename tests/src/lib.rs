@@ -147,6 +147,27 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> (bool, T)) -> T {
     }
 }
 
+/// Poll the summary until `done` holds (the last packets of a close are
+/// processed in softirq a moment after the syscalls return), then return it.
+pub fn settle(
+    t: &tracer::Tracer,
+    done: impl Fn(&tracer::report::Summary) -> bool,
+) -> tracer::report::Summary {
+    settle_with(t, &tracer::SummaryOptions::default(), done)
+}
+
+/// `settle` with report options.
+pub fn settle_with(
+    t: &tracer::Tracer,
+    opts: &tracer::SummaryOptions,
+    done: impl Fn(&tracer::report::Summary) -> bool,
+) -> tracer::report::Summary {
+    wait_for(Duration::from_secs(5), || {
+        let s = t.summary_with(opts).expect("summary");
+        (done(&s), s)
+    })
+}
+
 /// TIME_WAIT sockets `ss` shows with a local address in `cidr`: an
 /// independent count to compare the tracer's sock_diag population with.
 pub fn ss_time_wait(cidr: &str) -> u64 {

@@ -6,11 +6,10 @@ use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, Ipv6Addr},
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use integration_tests::{
-    ss_time_wait, tracer_bin, tracer_program_ids, wait_for, wait_until_unloaded, Subnet, Workload,
+    settle, ss_time_wait, tracer_bin, tracer_program_ids, wait_until_unloaded, Subnet, Workload,
 };
 use tracer::{
     event,
@@ -25,15 +24,6 @@ fn subnet_filter(net: &Subnet) -> FilterSpec {
         addr: Some(net.cidr().parse().unwrap()),
         ..Default::default()
     }
-}
-
-/// Poll the summary until `done` holds (the last packets of a close are
-/// processed in softirq a moment after the syscalls return), then return it.
-fn settle(t: &Tracer, done: impl Fn(&Summary) -> bool) -> Summary {
-    wait_for(Duration::from_secs(5), || {
-        let s = t.summary(10).expect("summary");
-        (done(&s), s)
-    })
 }
 
 fn transition(s: &Summary, from: &str, to: &str) -> u64 {

@@ -132,6 +132,21 @@ pub struct SummaryArgs {
     /// Print the report as JSON (schema in README).
     #[arg(long)]
     pub json: bool,
+    /// List CLOSE_WAIT sockets older than this as leaks (the application
+    /// never called close()).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+    /// Warn when one destination (local addr → remote addr:port) holds this
+    /// percentage of the ephemeral port range (TIME_WAIT + live sockets).
+    #[arg(long, default_value_t = 50.0, value_parser = parse_pct, value_name = "PCT")]
+    pub port_pressure_warn: f64,
+}
+
+fn parse_pct(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err("expected a percentage in (0, 100]".into()),
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +180,22 @@ mod tests {
         let f = s.filter.spec();
         assert_eq!(f.port, Some(80));
         assert_eq!(f.family, Some(Family::Ipv4));
+        assert_eq!(s.close_wait_age, Duration::from_secs(30));
+        assert_eq!(s.port_pressure_warn, 50.0);
+        let c = Cli::try_parse_from([
+            "tracer",
+            "summary",
+            "--close-wait-age",
+            "2s",
+            "--port-pressure-warn",
+            "0.5%",
+        ])
+        .unwrap();
+        let Some(Command::Summary(s)) = c.command else {
+            panic!("summary")
+        };
+        assert_eq!(s.close_wait_age, Duration::from_secs(2));
+        assert_eq!(s.port_pressure_warn, 0.5);
     }
 
     #[test]
@@ -177,6 +208,9 @@ mod tests {
             &["tracer", "events", "--port", "70000"],
             &["tracer", "events", "--ring-kib", "3"],
             &["tracer", "--bogus"],
+            &["tracer", "summary", "--port-pressure-warn", "0"],
+            &["tracer", "summary", "--port-pressure-warn", "150"],
+            &["tracer", "summary", "--close-wait-age", "0s"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} should fail");
         }

@@ -140,12 +140,18 @@ impl Population {
     }
 }
 
-/// The states `Population` counts.
+/// The states the report reads: those `Population` counts, plus every other
+/// state that holds a local port (for port pressure). Not LISTEN.
 pub fn population_states() -> u32 {
     states(&[
         state::TIME_WAIT,
         state::FIN_WAIT2,
         state::CLOSE_WAIT,
         state::ESTABLISHED,
+        state::SYN_SENT,
+        state::SYN_RECV,
+        state::FIN_WAIT1,
+        state::LAST_ACK,
+        state::CLOSING,
     ])
 }

@@ -40,14 +40,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         Clock {
-            mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+            mono_ns: crate::monotonic_ns(),
             wall: SystemTime::now(),
         }
     }

@@ -17,18 +17,50 @@ pub mod procs;
 pub mod report;
 pub mod run;
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::Context as _;
-use tracer_common::state;
+use tracer_common::{flag, state};
 
 use crate::{
     diag::DiagSocket,
     filter::FilterSpec,
     model::Snapshot,
     probe::{Probe, ProbeOptions},
-    report::Summary,
+    report::{CloseWaitLeak, Summary},
 };
+
+/// Knobs of the summary report.
+#[derive(Clone, Debug)]
+pub struct SummaryOptions {
+    /// Rows in each top-N table.
+    pub top: usize,
+    /// Port-pressure warning threshold, percent of the ephemeral port range.
+    pub pressure_warn_pct: f64,
+    /// CLOSE_WAIT sockets older than this are listed as leaks.
+    pub close_wait_threshold: std::time::Duration,
+}
+
+impl Default for SummaryOptions {
+    fn default() -> Self {
+        SummaryOptions {
+            top: 10,
+            pressure_warn_pct: 50.0,
+            close_wait_threshold: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// An attached tracer.
 pub struct Tracer {
@@ -74,20 +106,105 @@ impl Tracer {
         Ok(all)
     }
 
-    /// The report, as of now.
+    /// The report, as of now, with default options and `top` rows per table.
     pub fn summary(&self, top: usize) -> anyhow::Result<Summary> {
+        self.summary_with(&SummaryOptions {
+            top,
+            ..Default::default()
+        })
+    }
+
+    /// The report, as of now.
+    pub fn summary_with(&self, opts: &SummaryOptions) -> anyhow::Result<Summary> {
         let snap = self.snapshot()?;
         let sockets = self.sockets()?;
+        let now_ns = monotonic_ns();
+        let mut cgroups = cgroup::Resolver::new();
+        let leaks =
+            self.close_wait_leaks(&sockets, now_ns, opts.close_wait_threshold, &mut cgroups)?;
+        let mut cgroup_paths = BTreeMap::new();
+        for (_, f) in &snap.flows {
+            if let Some(p) = cgroups.path(f.cgroup_id) {
+                cgroup_paths.insert(f.cgroup_id, p);
+            }
+        }
+        let sysctls = report::Sysctls::read();
         Ok(report::build(
             &snap,
             &report::Context {
                 duration_s: self.started.elapsed().as_secs_f64(),
                 filter: self.filter.describe(),
-                top,
+                top: opts.top,
                 sockets: &sockets,
-                ephemeral: ephemeral_range(),
+                ephemeral: sysctls.ip_local_port_range,
+                sysctls: sysctls.clone(),
+                pressure_warn_pct: opts.pressure_warn_pct,
+                close_wait_leaks: leaks,
+                close_wait_threshold_s: opts.close_wait_threshold.as_secs_f64(),
+                now_sec: now_ns / 1_000_000_000,
+                cgroup_paths: &cgroup_paths,
             },
         ))
+    }
+
+    /// CLOSE_WAIT sockets older than `threshold`, oldest first. The age comes
+    /// from the kernel side's time of the ESTABLISHED → CLOSE_WAIT transition;
+    /// for sockets that entered CLOSE_WAIT before the tracer started it is
+    /// the tracer's uptime, a lower bound. The owner is the process holding
+    /// the socket's fd now (/proc), else the one the kernel side captured.
+    fn close_wait_leaks(
+        &self,
+        sockets: &[DiagSocket],
+        now_ns: u64,
+        threshold: std::time::Duration,
+        cgroups: &mut cgroup::Resolver,
+    ) -> anyhow::Result<Vec<CloseWaitLeak>> {
+        let uptime_ns = self.started.elapsed().as_nanos() as u64;
+        let mut old = Vec::new();
+        for s in sockets.iter().filter(|s| s.state == state::CLOSE_WAIT) {
+            let st = self.probe.inflight(s.cookie)?;
+            let (age_ns, exact) = match st {
+                Some(st) if st.ts_state != 0 => (now_ns.saturating_sub(st.ts_state), true),
+                _ => (uptime_ns, false),
+            };
+            if age_ns >= threshold.as_nanos() as u64 {
+                old.push((s, st, age_ns, exact));
+            }
+        }
+        let inodes: Vec<u32> = old
+            .iter()
+            .map(|(s, ..)| s.inode)
+            .filter(|i| *i != 0)
+            .collect();
+        let holders = if inodes.is_empty() {
+            Default::default()
+        } else {
+            procs::socket_owners(&inodes)
+        };
+        let mut leaks: Vec<CloseWaitLeak> = old
+            .into_iter()
+            .map(|(s, st, age_ns, exact)| {
+                let captured = st.filter(|st| st.flags & flag::OWNER_KNOWN != 0);
+                let (pid, comm) = match (holders.get(&s.inode), captured) {
+                    (Some(o), _) => (Some(o.tgid), Some(model::comm_str(&o.comm))),
+                    (None, Some(st)) => (Some(st.tgid), Some(model::comm_str(&st.comm))),
+                    (None, None) => (None, None),
+                };
+                let cgroup_id = captured.map_or(0, |st| st.cgroup_id);
+                CloseWaitLeak {
+                    local: model::endpoint(s.src, s.sport),
+                    peer: model::endpoint(s.dst, s.dport),
+                    pid,
+                    comm,
+                    age_s: age_ns as f64 / 1e9,
+                    age_exact: exact,
+                    cgroup_id,
+                    cgroup: cgroups.path(cgroup_id),
+                }
+            })
+            .collect();
+        leaks.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.local.cmp(&b.local)));
+        Ok(leaks)
     }
 }
 

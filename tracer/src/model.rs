@@ -170,6 +170,9 @@ pub struct Snapshot {
     /// Indexed by `hist_kind::*`.
     pub hists: Vec<Histogram>,
     pub flows: Vec<(FlowKey, FlowStats)>,
+    /// TIME_WAIT entries per CLOCK_MONOTONIC second, (second, count), for
+    /// the last 64 seconds that had any.
+    pub time_wait_by_second: Vec<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -179,7 +182,21 @@ impl Snapshot {
             transitions: [[0; state::COUNT]; state::COUNT],
             hists: vec![Histogram::default(); tracer_common::hist_kind::COUNT as usize],
             flows: Vec::new(),
+            time_wait_by_second: Vec::new(),
         }
+    }
+
+    /// TIME_WAIT entries in the 60 s before `now_sec` (inclusive): the
+    /// population the timewait table should hold if every entry stays the
+    /// kernel's fixed 60 s (TCP_TIMEWAIT_LEN). Entries of second
+    /// `now_sec - 60` may or may not have expired, so this is exact only
+    /// once a second boundary has passed quietly.
+    pub fn time_wait_last_60s(&self, now_sec: u64) -> u64 {
+        self.time_wait_by_second
+            .iter()
+            .filter(|(s, _)| *s <= now_sec && now_sec - *s < 60)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn counter(&self, idx: u32) -> u64 {

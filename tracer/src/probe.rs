@@ -7,7 +7,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tracer_common::{
-    counter, hist::Hist, hist_kind, state, Filter, FlowKey, FlowStats, Owner, TRANSITION_SLOTS,
+    counter, hist::Hist, hist_kind, state, Filter, FlowKey, FlowStats, Owner, SockState, TwSlot,
+    TRANSITION_SLOTS, TW_SLOTS,
 };
 
 use crate::{
@@ -260,6 +261,34 @@ impl Probe {
             let (k, v) = item.map_err(err("FLOWS"))?;
             snap.flows.push((k, sum_flow_stats(v.iter())));
         }
+        let tw: PerCpuArray<_, TwSlot> =
+            PerCpuArray::try_from(map("TW_SECONDS")?).map_err(err("TW_SECONDS"))?;
+        let mut by_sec: std::collections::BTreeMap<u64, u64> = Default::default();
+        for i in 0..TW_SLOTS {
+            for slot in tw.get(&i, 0).map_err(err("TW_SECONDS"))?.iter() {
+                if slot.count > 0 {
+                    *by_sec.entry(slot.sec).or_default() += slot.count;
+                }
+            }
+        }
+        snap.time_wait_by_second = by_sec.into_iter().collect();
         Ok(snap)
+    }
+
+    /// The kernel side's per-socket state for one socket cookie (the id
+    /// sock_diag reports), if the socket is in flight.
+    pub fn inflight(&self, cookie: u64) -> Result<Option<SockState>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("INFLIGHT")
+            .ok_or(ProbeError::MissingMap("INFLIGHT"))?;
+        // aya reads LRU hash maps through its HashMap type.
+        let m: BpfHashMap<_, u64, SockState> =
+            BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("INFLIGHT", e))?;
+        match m.get(&cookie, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(ProbeError::Map("INFLIGHT", e)),
+        }
     }
 }

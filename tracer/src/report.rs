@@ -132,6 +132,10 @@ pub struct TimeWait {
     pub entered_by_side: BySide,
     /// Current population from sock_diag (what `ss` shows), filtered like the run.
     pub now: Population,
+    /// The population the entries predict.
+    pub model: TimeWaitModel,
+    /// Entries and population per local address, top N.
+    pub by_local_addr: Vec<LocalAddrRow>,
     /// Current TIME_WAIT population by peer, top N.
     pub now_by_peer: Vec<PopulationRow>,
 }
@@ -154,6 +158,123 @@ pub struct PeerRow {
     /// Active side: remote address:port; passive side: client address → local port.
     pub peer: String,
     pub direction: &'static str,
+    /// TIME_WAIT sockets of this peer now (sock_diag).
+    pub time_wait_now: u64,
+    #[serde(flatten)]
+    pub stats: GroupStats,
+}
+
+/// TIME_WAIT per local address: which of the host's IPs hold the sockets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocalAddrRow {
+    pub local_addr: String,
+    /// Entries into TIME_WAIT during the run (this host closed first).
+    pub time_wait_entries: u64,
+    /// TIME_WAIT sockets on this address now (sock_diag).
+    pub time_wait_now: u64,
+}
+
+/// Ephemeral ports one destination uses: a connect() to (remote addr:port)
+/// from one local address needs a local port no other socket of that
+/// 4-tuple holds, so TIME_WAIT + live sockets count against the range.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PressureRow {
+    pub local_addr: String,
+    pub remote: String,
+    pub time_wait: u64,
+    pub established: u64,
+    /// Other non-listening states (SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING).
+    pub other: u64,
+    pub total: u64,
+    /// Size of net.ipv4.ip_local_port_range.
+    pub range_size: u64,
+    /// total / range_size, in percent.
+    pub used_pct: f64,
+    /// At or above the warning threshold.
+    pub warning: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PortPressure {
+    pub warn_pct: f64,
+    /// Destinations sorted by use, top N.
+    pub destinations: Vec<PressureRow>,
+    /// One line per destination at or above `warn_pct` (all of them, not only the top N).
+    pub warnings: Vec<String>,
+}
+
+/// The sysctls that decide TIME_WAIT's cost, as read at report time
+/// (null when unreadable).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Sysctls {
+    /// net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only (default).
+    pub tcp_tw_reuse: Option<u32>,
+    pub tcp_max_tw_buckets: Option<u64>,
+    /// net.ipv4.ip_local_port_range.
+    pub ip_local_port_range: (u16, u16),
+    /// net.ipv4.tcp_fin_timeout: how long an orphan stays in FIN_WAIT2.
+    pub tcp_fin_timeout: Option<u32>,
+}
+
+impl Sysctls {
+    /// Read them from /proc/sys (this network namespace).
+    pub fn read() -> Self {
+        let get = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+                .ok()
+                .map(|v| v.trim().to_string())
+        };
+        Sysctls {
+            tcp_tw_reuse: get("tcp_tw_reuse").and_then(|v| v.parse().ok()),
+            tcp_max_tw_buckets: get("tcp_max_tw_buckets").and_then(|v| v.parse().ok()),
+            ip_local_port_range: crate::ephemeral_range(),
+            tcp_fin_timeout: get("tcp_fin_timeout").and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// The TIME_WAIT population predicted from entries: each entry stays 60 s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TimeWaitModel {
+    /// Entries (direct + parked FIN_WAIT2) in the last 60 s.
+    pub entered_last_60s: u64,
+    /// Entries older than that have aged out (60 s, TCP_TIMEWAIT_LEN).
+    pub aged_out: u64,
+}
+
+/// A socket in CLOSE_WAIT longer than the threshold: the peer closed and the
+/// application has not called close().
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CloseWaitLeak {
+    pub local: String,
+    pub peer: String,
+    /// The process holding the socket now (from /proc), else the owner the
+    /// kernel side captured.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Seconds in CLOSE_WAIT.
+    pub age_s: f64,
+    /// false: the transition into CLOSE_WAIT predates the tracer, `age_s` is
+    /// a lower bound (the tracer's uptime).
+    pub age_exact: bool,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CloseWait {
+    pub threshold_s: f64,
+    /// CLOSE_WAIT sockets now (sock_diag).
+    pub now: u64,
+    /// Those older than the threshold, oldest first.
+    pub leaks: Vec<CloseWaitLeak>,
+}
+
+/// Connections per cgroup (v2 id of the owner, path when resolved).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CgroupRow {
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
     #[serde(flatten)]
     pub stats: GroupStats,
 }
@@ -202,10 +323,17 @@ pub struct Summary {
     pub accepts: Accepts,
     pub closes: Closes,
     pub time_wait: TimeWait,
+    pub port_pressure: PortPressure,
+    pub sysctls: Sysctls,
+    pub close_wait: CloseWait,
+    /// Lifetime of established connections that closed (µs fields), from
+    /// their birth transition to → CLOSE.
+    pub connection_lifetime: Latency,
     pub transitions: Vec<TransitionCount>,
     pub top_peers: Vec<PeerRow>,
     pub top_local_ports: Vec<PortRow>,
     pub top_processes: Vec<ProcessRow>,
+    pub top_cgroups: Vec<CgroupRow>,
     pub tracer: Health,
 }
 
@@ -218,6 +346,16 @@ pub struct Context<'a> {
     pub sockets: &'a [DiagSocket],
     /// net.ipv4.ip_local_port_range.
     pub ephemeral: (u16, u16),
+    pub sysctls: Sysctls,
+    /// Port-pressure warning threshold, percent of the ephemeral range.
+    pub pressure_warn_pct: f64,
+    /// CLOSE_WAIT sockets older than `close_wait_threshold_s`, already resolved.
+    pub close_wait_leaks: Vec<CloseWaitLeak>,
+    pub close_wait_threshold_s: f64,
+    /// CLOCK_MONOTONIC second at report time (for the TIME_WAIT model).
+    pub now_sec: u64,
+    /// cgroup id → path.
+    pub cgroup_paths: &'a BTreeMap<u64, String>,
 }
 
 fn peer_label(k: &FlowKey) -> String {
@@ -229,15 +367,35 @@ fn peer_label(k: &FlowKey) -> String {
     }
 }
 
-/// How a TIME_WAIT socket is grouped: the remote service when the local port
-/// is ephemeral (this host connected out), else client address → local port.
-fn population_label(s: &DiagSocket, eph: (u16, u16)) -> String {
-    let unmap = |ip: IpAddr| match ip {
+fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    };
+    }
+}
+
+/// How a TIME_WAIT socket is grouped, like the flow it came from: the
+/// remote service when this host connected out, else client address → local
+/// port. sock_diag does not say which side opened: a flow the tracer saw
+/// decides (`active` holds (remote addr, remote port) of outgoing flows,
+/// `passive` (client addr, local port) of accepted ones); otherwise an
+/// ephemeral local port facing a non-ephemeral remote one means outgoing.
+fn population_label(
+    s: &DiagSocket,
+    eph: (u16, u16),
+    active: &std::collections::BTreeSet<(IpAddr, u16)>,
+    passive: &std::collections::BTreeSet<(IpAddr, u16)>,
+) -> String {
     let in_eph = |p: u16| p >= eph.0 && p <= eph.1;
-    if in_eph(s.sport) && !in_eph(s.dport) {
+    let dst = unmap(s.dst);
+    let outgoing = if active.contains(&(dst, s.dport)) {
+        true
+    } else if passive.contains(&(dst, s.sport)) {
+        false
+    } else {
+        in_eph(s.sport) && !in_eph(s.dport)
+    };
+    if outgoing {
         endpoint(unmap(s.dst), s.dport)
     } else {
         format!("{} -> :{}", unmap(s.dst), s.sport)
@@ -249,19 +407,34 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     let k = |kind: u8| snap.closes(kind);
     let h = |i: u32| &snap.hists[i as usize];
 
+    let mut active = std::collections::BTreeSet::new();
+    let mut passive = std::collections::BTreeSet::new();
+    for (k, _) in &snap.flows {
+        let ip = ip_from_raw(k.family, &k.raddr);
+        if k.dir == dir::ACTIVE {
+            active.insert((ip, k.port));
+        } else {
+            passive.insert((ip, k.port));
+        }
+    }
     let mut population = Population::default();
     let mut by_peer: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tw_by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
     for s in ctx.sockets {
         population.add(s);
         if s.state == state::TIME_WAIT {
             *by_peer
-                .entry(population_label(s, ctx.ephemeral))
+                .entry(population_label(s, ctx.ephemeral, &active, &passive))
                 .or_default() += 1;
+            *tw_by_laddr.entry(unmap(s.src)).or_default() += 1;
         }
     }
     let mut now_by_peer: Vec<PopulationRow> = by_peer
-        .into_iter()
-        .map(|(peer, count)| PopulationRow { peer, count })
+        .iter()
+        .map(|(peer, count)| PopulationRow {
+            peer: peer.clone(),
+            count: *count,
+        })
         .collect();
     now_by_peer.sort_by(|a, b| b.count.cmp(&a.count).then(a.peer.cmp(&b.peer)));
     now_by_peer.truncate(ctx.top);
@@ -292,9 +465,50 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
                 ..Default::default()
             }),
             direction: dir_name(d),
+            time_wait_now: 0,
+            stats,
+        })
+        .map(|mut row: PeerRow| {
+            row.time_wait_now = by_peer.get(&row.peer).copied().unwrap_or(0);
+            row
+        })
+        .collect();
+    let mut entries_by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for (k, f) in flows {
+        if f.time_wait > 0 {
+            *entries_by_laddr
+                .entry(ip_from_raw(k.family, &k.laddr))
+                .or_default() += f.time_wait;
+        }
+    }
+    let mut by_local_addr: Vec<LocalAddrRow> = entries_by_laddr
+        .keys()
+        .chain(tw_by_laddr.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|a| LocalAddrRow {
+            local_addr: a.to_string(),
+            time_wait_entries: entries_by_laddr.get(a).copied().unwrap_or(0),
+            time_wait_now: tw_by_laddr.get(a).copied().unwrap_or(0),
+        })
+        .collect();
+    by_local_addr.sort_by(|a, b| {
+        (b.time_wait_now + b.time_wait_entries)
+            .cmp(&(a.time_wait_now + a.time_wait_entries))
+            .then(a.local_addr.cmp(&b.local_addr))
+    });
+    by_local_addr.truncate(ctx.top);
+    let top_cgroups = group_flows(flows, |_, f| f.cgroup_id, ctx.top)
+        .into_iter()
+        .map(|(id, stats)| CgroupRow {
+            cgroup_id: id,
+            cgroup: ctx.cgroup_paths.get(&id).cloned(),
             stats,
         })
         .collect();
+    let port_pressure = port_pressure(ctx);
+    let tw_entered = k(close::TIME_WAIT) + k(close::FIN_WAIT2_PARKED);
+    let last_60s = snap.time_wait_last_60s(ctx.now_sec);
     let top_local_ports = group_flows(
         flows,
         |k, _| (k.dir != dir::ACTIVE).then_some(k.port),
@@ -366,7 +580,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             timeouts: k(close::TIMEOUT),
         },
         time_wait: TimeWait {
-            entered: k(close::TIME_WAIT) + k(close::FIN_WAIT2_PARKED),
+            entered: tw_entered,
             direct: k(close::TIME_WAIT),
             via_fin_wait2: k(close::FIN_WAIT2_PARKED),
             entered_by_side: BySide {
@@ -374,13 +588,27 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
                 passive_opened: c(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32),
                 unknown: c(counter::TIME_WAIT_BY_DIR + dir::UNKNOWN as u32),
             },
-            now: population,
+            now: population.clone(),
+            model: TimeWaitModel {
+                entered_last_60s: last_60s,
+                aged_out: tw_entered.saturating_sub(last_60s),
+            },
+            by_local_addr,
             now_by_peer,
         },
+        port_pressure,
+        sysctls: ctx.sysctls.clone(),
+        close_wait: CloseWait {
+            threshold_s: ctx.close_wait_threshold_s,
+            now: population.close_wait,
+            leaks: ctx.close_wait_leaks.clone(),
+        },
+        connection_lifetime: Latency::from_hist(h(hist_kind::LIFETIME)),
         transitions,
         top_peers,
         top_local_ports,
         top_processes,
+        top_cgroups,
         tracer: Health {
             transitions_counted: c(counter::TRANSITIONS),
             events_dropped: c(counter::RINGBUF_DROPS),
@@ -390,6 +618,60 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             filtered_out: c(counter::FILTERED_OUT),
             non_tcp_ignored: c(counter::NON_TCP),
         },
+    }
+}
+
+fn port_pressure(ctx: &Context) -> PortPressure {
+    let (lo, hi) = ctx.ephemeral;
+    let range_size = (hi as u64 + 1).saturating_sub(lo as u64).max(1);
+    let mut dests: BTreeMap<(IpAddr, String), (u64, u64, u64)> = BTreeMap::new();
+    for s in ctx.sockets {
+        if s.state == state::LISTEN || s.sport < lo || s.sport > hi {
+            continue;
+        }
+        let e = dests
+            .entry((unmap(s.src), endpoint(unmap(s.dst), s.dport)))
+            .or_default();
+        match s.state {
+            state::TIME_WAIT => e.0 += 1,
+            state::ESTABLISHED => e.1 += 1,
+            _ => e.2 += 1,
+        }
+    }
+    let mut rows: Vec<PressureRow> = dests
+        .into_iter()
+        .map(|((laddr, remote), (tw, est, other))| {
+            let total = tw + est + other;
+            let used_pct = total as f64 * 100.0 / range_size as f64;
+            PressureRow {
+                local_addr: laddr.to_string(),
+                remote,
+                time_wait: tw,
+                established: est,
+                other,
+                total,
+                range_size,
+                used_pct,
+                warning: used_pct >= ctx.pressure_warn_pct,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.remote.cmp(&b.remote)));
+    let warnings = rows
+        .iter()
+        .filter(|r| r.warning)
+        .map(|r| {
+            format!(
+                "WARNING: {} -> {} holds {} of {} ephemeral ports ({:.1}% >= {}%): {} TIME_WAIT, {} ESTABLISHED, {} other; new connects to it will start failing with EADDRNOTAVAIL near 100%",
+                r.local_addr, r.remote, r.total, r.range_size, r.used_pct, ctx.pressure_warn_pct, r.time_wait, r.established, r.other
+            )
+        })
+        .collect();
+    rows.truncate(ctx.top);
+    PortPressure {
+        warn_pct: ctx.pressure_warn_pct,
+        destinations: rows,
+        warnings,
     }
 }
 
@@ -414,24 +696,47 @@ fn latency_line(out: &mut String, name: &str, l: &Latency) {
 fn group_header(out: &mut String, first: &str) {
     let _ = writeln!(
         out,
-        "  {:<40} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>9} {:>6}",
-        first, "ESTAB", "FAILED", "TW_IN", "RESETS", "HERE1ST", "PEER1ST", "HS_AVG_MS", "RETX"
+        "  {:<40} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>4} {:>9} {:>7} {:>10} {:>10} {:>10}",
+        first,
+        "ESTAB",
+        "FAILED",
+        "TW_IN",
+        "TW_NOW",
+        "HERE1ST",
+        "PEER1ST",
+        "SIMUL",
+        "RST_TX",
+        "RST_RX",
+        "FW2P",
+        "HS_AVG_MS",
+        "HS_RETX",
+        "LIFE_AVG_MS",
+        "RX_BYTES",
+        "TX_BYTES"
     );
 }
 
-fn group_line(out: &mut String, name: &str, g: &GroupStats) {
+fn group_line(out: &mut String, name: &str, g: &GroupStats, tw_now: Option<u64>) {
     let _ = writeln!(
         out,
-        "  {:<40} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>9} {:>6}",
+        "  {:<40} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>5} {:>6} {:>6} {:>4} {:>9} {:>7} {:>10} {:>10} {:>10}",
         name,
         g.established,
         g.connect_failed,
         g.time_wait_entries,
-        g.resets,
+        tw_now.map_or("-".into(), |n| n.to_string()),
         g.closed_here_first,
         g.closed_by_peer_first,
+        g.closed_simultaneously,
+        g.resets_sent,
+        g.resets_received,
+        g.fin_wait2_parked,
         ms(g.handshake_mean_us),
-        g.handshakes_with_retransmits
+        g.handshakes_with_retransmits,
+        g.lifetime_mean_ms
+            .map_or("-".into(), |v| format!("{v:.3}")),
+        g.bytes_received,
+        g.bytes_sent_acked
     );
 }
 
@@ -517,11 +822,90 @@ pub fn render_text(s: &Summary) -> String {
     for r in &tw.now_by_peer {
         let _ = writeln!(o, "    {:<46} {:>8}", r.peer, r.count);
     }
+    let _ = writeln!(
+        o,
+        "  model: {} entered in the last 60 s (each stays 60 s), {} aged out",
+        tw.model.entered_last_60s, tw.model.aged_out
+    );
+    if !tw.by_local_addr.is_empty() {
+        let _ = writeln!(o, "  {:<44} {:>8} {:>8}", "LOCAL ADDRESS", "ENTERED", "NOW");
+        for r in &tw.by_local_addr {
+            let _ = writeln!(
+                o,
+                "    {:<42} {:>8} {:>8}",
+                r.local_addr, r.time_wait_entries, r.time_wait_now
+            );
+        }
+    }
+    let sc = &s.sysctls;
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+    let _ = writeln!(
+        o,
+        "\nEphemeral ports: range {}-{} ({} ports); tcp_tw_reuse={} tcp_max_tw_buckets={} tcp_fin_timeout={}",
+        sc.ip_local_port_range.0,
+        sc.ip_local_port_range.1,
+        (sc.ip_local_port_range.1 as u64 + 1).saturating_sub(sc.ip_local_port_range.0 as u64),
+        opt(sc.tcp_tw_reuse.map(|v| v.to_string())),
+        opt(sc.tcp_max_tw_buckets.map(|v| v.to_string())),
+        opt(sc.tcp_fin_timeout.map(|v| v.to_string()))
+    );
+    let pp = &s.port_pressure;
+    if !pp.destinations.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:<20} {:<46} {:>6} {:>6} {:>6} {:>7}",
+            "LOCAL ADDRESS", "DESTINATION", "TW", "ESTAB", "OTHER", "USED%"
+        );
+        for r in &pp.destinations {
+            let _ = writeln!(
+                o,
+                "  {:<20} {:<46} {:>6} {:>6} {:>6} {:>7.2}",
+                r.local_addr, r.remote, r.time_wait, r.established, r.other, r.used_pct
+            );
+        }
+    }
+    for w in &pp.warnings {
+        let _ = writeln!(o, "  {w}");
+    }
+    let cw = &s.close_wait;
+    let _ = writeln!(
+        o,
+        "\nCLOSE_WAIT: {} now, {} older than {} s (the peer closed; the application never called close())",
+        cw.now,
+        cw.leaks.len(),
+        cw.threshold_s
+    );
+    for l in &cw.leaks {
+        let _ = writeln!(
+            o,
+            "  {:>9} s{} {:>7}/{:<15} {} <- {}{}",
+            format!("{:.1}", l.age_s),
+            if l.age_exact { " " } else { "+" },
+            l.pid.map_or("-".into(), |p| p.to_string()),
+            l.comm.as_deref().unwrap_or("-"),
+            l.local,
+            l.peer,
+            l.cgroup
+                .as_ref()
+                .map_or(String::new(), |c| format!("  cgroup {c}"))
+        );
+    }
+    let lt = &s.connection_lifetime;
+    let _ = writeln!(
+        o,
+        "\nConnection lifetime (ms): {} closed, p50 {}, p90 {}, p99 {}, max {}, mean {}",
+        lt.count,
+        ms(lt.p50_us),
+        ms(lt.p90_us),
+        ms(lt.p99_us),
+        ms(lt.max_us),
+        ms(lt.mean_us)
+    );
     if !s.top_peers.is_empty() {
         let _ = writeln!(o, "\nTop peers");
         group_header(&mut o, "PEER");
         for r in &s.top_peers {
-            group_line(&mut o, &r.peer, &r.stats);
+            group_line(&mut o, &r.peer, &r.stats, Some(r.time_wait_now));
         }
         let _ = writeln!(o, "\nTop local ports");
         group_header(&mut o, "LOCAL PORT");
@@ -529,7 +913,7 @@ pub fn render_text(s: &Summary) -> String {
             let name = r
                 .local_port
                 .map_or("(outgoing, ephemeral)".to_string(), |p| p.to_string());
-            group_line(&mut o, &name, &r.stats);
+            group_line(&mut o, &name, &r.stats, None);
         }
         let _ = writeln!(o, "\nTop processes");
         group_header(&mut o, "PID/COMM");
@@ -538,8 +922,18 @@ pub fn render_text(s: &Summary) -> String {
                 Some(p) => format!("{p}/{}", r.comm),
                 None => r.comm.clone(),
             };
-            group_line(&mut o, &name, &r.stats);
+            group_line(&mut o, &name, &r.stats, None);
         }
+        let _ = writeln!(o, "\nTop cgroups");
+        group_header(&mut o, "CGROUP (id)");
+        for r in &s.top_cgroups {
+            let name = format!("{} ({})", r.cgroup.as_deref().unwrap_or("?"), r.cgroup_id);
+            group_line(&mut o, &name, &r.stats, None);
+        }
+        let _ = writeln!(
+            o,
+            "  (HERE1ST: this host sent the first FIN and pays TIME_WAIT; SIMUL: FINs crossed; FW2P: orphans parked in FIN_WAIT2; bytes are payload at close)"
+        );
     }
     let _ = writeln!(o, "\nTransitions");
     for t in &s.transitions {
@@ -577,8 +971,16 @@ mod tests {
             top: 10,
             sockets,
             ephemeral: (32768, 60999),
+            sysctls: Sysctls::default(),
+            pressure_warn_pct: 50.0,
+            close_wait_leaks: Vec::new(),
+            close_wait_threshold_s: 30.0,
+            now_sec: 100,
+            cgroup_paths: &NO_CGROUPS,
         }
     }
+
+    static NO_CGROUPS: BTreeMap<u64, String> = BTreeMap::new();
 
     #[test]
     fn summary_from_replayed_paths() {

@@ -148,7 +148,11 @@ pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
         ),
     }
     stop_signal(args.duration).await;
-    let s = tracer.summary(args.top)?;
+    let s = tracer.summary_with(&crate::SummaryOptions {
+        top: args.top,
+        pressure_warn_pct: args.port_pressure_warn,
+        close_wait_threshold: args.close_wait_age,
+    })?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if args.json {
