@@ -13,6 +13,8 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
+pub mod netdelay;
+
 /// A loopback /24 nobody else uses in this run.
 #[derive(Clone, Copy, Debug)]
 pub struct Subnet {

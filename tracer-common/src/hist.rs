@@ -1,12 +1,12 @@
 //! Log-linear latency histogram shared by kernel and userspace.
 //!
-//! Values (nanoseconds) below 32 get a bucket each; above, every power of two
-//! is split into 32 equal buckets, so a bucket is at most 1/32 (3.1 %) of its
-//! lower bound wide. 34 octaves reach 2^38 ns (~275 s); larger values land in
+//! Values (nanoseconds) below 64 get a bucket each; above, every power of two
+//! is split into 64 equal buckets, so a bucket is at most 1/64 (1.6 %) of its
+//! lower bound wide. 34 octaves reach 2^39 ns (~550 s); larger values land in
 //! the last bucket. `count`, `sum` and `max` are kept exactly beside the buckets.
 
 /// Sub-buckets per power of two (2^SUB_BITS).
-pub const SUB_BITS: u32 = 5;
+pub const SUB_BITS: u32 = 6;
 pub const SUB: u64 = 1 << SUB_BITS;
 pub const OCTAVES: usize = 34;
 pub const BUCKETS: usize = OCTAVES * SUB as usize;

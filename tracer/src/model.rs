@@ -122,8 +122,8 @@ impl Histogram {
 
     /// The `q` quantile (0 < q ≤ 1): the midpoint of the bucket holding the
     /// sample of rank ⌈q·count⌉, capped by the exact maximum (and equal to it
-    /// for the top rank). Error ≤ half a bucket: 1/64 (1.6 %) of the value
-    /// above 32 ns.
+    /// for the top rank). Error ≤ half a bucket: 1/128 (0.8 %) of the value
+    /// above 64 ns.
     pub fn quantile(&self, q: f64) -> Option<u64> {
         if self.count == 0 {
             return None;

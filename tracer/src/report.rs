@@ -750,7 +750,7 @@ pub fn render_text(s: &Summary) -> String {
     );
     let _ = writeln!(
         o,
-        "\nHandshake latency (ms; percentiles from a log-linear histogram, ±1.6%)"
+        "\nHandshake latency (ms; percentiles from a log-linear histogram, ±0.8%)"
     );
     let _ = writeln!(
         o,

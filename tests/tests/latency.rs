@@ -1,0 +1,183 @@
+//! Handshake latency proven against injected delay (NFQUEUE on loopback,
+//! see `integration_tests::netdelay`): the tracer's numbers next to the
+//! ground truth the test measures itself.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    connect_from,
+    netdelay::{Action, NetDelay},
+    settle, Subnet,
+};
+use tracer::{filter::FilterSpec, report::Summary, Tracer};
+
+const D: Duration = Duration::from_millis(50);
+
+fn port_filter(port: u16) -> FilterSpec {
+    FilterSpec {
+        port: Some(port),
+        ..Default::default()
+    }
+}
+
+/// The sample of rank ⌈q·n⌉, the same definition the report's quantiles use.
+fn quantile_ms(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(us: Option<f64>) -> f64 {
+    us.expect("a latency") / 1e3
+}
+
+fn listener(net: &Subnet) -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+/// SYN-ACKs held 50 ms: connect() takes ≥ 50 ms, and the tracer's active
+/// handshake p50/p99 match connect()'s wall time within ±1 / ±2 ms.
+#[test]
+fn active_handshake_latency_matches_connect_wall_time() {
+    let net = Subnet::unique(14);
+    let (l, addr) = listener(&net);
+    let t = Tracer::start(port_filter(addr.port()), false, 4096).expect("attach");
+    let delay = NetDelay::start(Action::DelaySynAck(D), addr.port()).expect("NFQUEUE");
+    let n = 30;
+    let mut truth = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let c = connect_from(net.client(), addr).unwrap();
+        truth.push(t0.elapsed().as_secs_f64() * 1e3);
+        let (a, _) = l.accept().unwrap();
+        drop((c, a));
+    }
+    assert_eq!(delay.records().len(), n);
+    drop(delay);
+    truth.sort_by(f64::total_cmp);
+    let s: Summary = settle(&t, |s| s.active_handshake.all.count == n as u64);
+    let h = &s.active_handshake.all;
+    assert_eq!(h.count, n as u64);
+    assert_eq!(s.active_handshake.retransmitted.count, 0);
+    let (p50, p99) = (ms(h.p50_us), ms(h.p99_us));
+    let (t50, t99) = (quantile_ms(&truth, 0.5), quantile_ms(&truth, 0.99));
+    println!(
+        "active: tracer p50 {p50:.3} ms p99 {p99:.3} ms; connect() p50 {t50:.3} ms p99 {t99:.3} ms"
+    );
+    assert!(t50 >= 50.0, "connect() p50 {t50} ms under the 50 ms delay");
+    assert!((p50 - t50).abs() <= 1.0, "p50 {p50} vs truth {t50}");
+    assert!((p99 - t99).abs() <= 2.0, "p99 {p99} vs truth {t99}");
+}
+
+/// The client's final handshake ACK held 50 ms: the server's handshake
+/// latency (its SYN-ACK round trip) matches the time between the SYN-ACK
+/// leaving and the ACK being released.
+#[test]
+fn passive_handshake_latency_matches_the_delayed_final_ack() {
+    let net = Subnet::unique(15);
+    let (l, addr) = listener(&net);
+    let t = Tracer::start(port_filter(addr.port()), false, 4096).expect("attach");
+    let delay = NetDelay::start(Action::DelayFinalAck(D), addr.port()).expect("NFQUEUE");
+    let n = 30;
+    let mut accept_waits = Vec::new();
+    for _ in 0..n {
+        let c = connect_from(net.client(), addr).unwrap();
+        let t0 = Instant::now();
+        let (a, _) = l.accept().unwrap();
+        accept_waits.push(t0.elapsed());
+        drop((c, a));
+    }
+    let recs = delay.records();
+    drop(delay);
+    let mut truth: Vec<f64> = recs
+        .values()
+        .map(|r| {
+            let (seen, released) = (r.synack_seen.unwrap(), r.released.unwrap());
+            released.duration_since(seen).as_secs_f64() * 1e3
+        })
+        .collect();
+    assert_eq!(truth.len(), n);
+    truth.sort_by(f64::total_cmp);
+    // accept() returned only once the held ACK arrived.
+    let min_wait = accept_waits.iter().min().unwrap();
+    assert!(
+        *min_wait >= D - Duration::from_millis(5),
+        "accept after {min_wait:?}"
+    );
+
+    let s = settle(&t, |s| s.passive_handshake.all.count == n as u64);
+    let h = &s.passive_handshake.all;
+    assert_eq!(h.count, n as u64);
+    let (p50, p99) = (ms(h.p50_us), ms(h.p99_us));
+    let (t50, t99) = (quantile_ms(&truth, 0.5), quantile_ms(&truth, 0.99));
+    println!("passive: tracer p50 {p50:.3} ms p99 {p99:.3} ms; SYN-ACK->ACK release p50 {t50:.3} ms p99 {t99:.3} ms");
+    assert!(t50 >= 50.0);
+    assert!((p50 - t50).abs() <= 1.0, "p50 {p50} vs truth {t50}");
+    assert!((p99 - t99).abs() <= 2.0, "p99 {p99} vs truth {t99}");
+}
+
+/// The first SYN of each connection dropped: the kernel retransmits it after
+/// its 1 s initial RTO. Each handshake takes ~1 s, and shows as one SYN
+/// retransmit for that connection and peer, apart from the clean handshakes.
+#[test]
+fn a_dropped_syn_shows_as_a_one_second_handshake_with_one_retransmit() {
+    let net = Subnet::unique(16);
+    let (l, addr) = listener(&net);
+    let t = Tracer::start(port_filter(addr.port()), false, 4096).expect("attach");
+    let n = 2u64;
+    let mut truth = Vec::new();
+    {
+        let delay = NetDelay::start(Action::DropFirstSyn, addr.port()).expect("NFQUEUE");
+        for _ in 0..n {
+            let t0 = Instant::now();
+            let c = connect_from(net.client(), addr).unwrap();
+            truth.push(t0.elapsed().as_secs_f64() * 1e3);
+            let (a, _) = l.accept().unwrap();
+            drop((c, a));
+        }
+        let recs = delay.records();
+        assert_eq!(recs.len(), n as usize);
+        assert!(recs.values().all(|r| r.syns_dropped == 1), "{recs:?}");
+    }
+    // Two clean connects for contrast.
+    for _ in 0..2 {
+        let c = connect_from(net.client(), addr).unwrap();
+        let (a, _) = l.accept().unwrap();
+        drop((c, a));
+    }
+    let s = settle(&t, |s| s.active_handshake.all.count == n + 2);
+    let r = &s.active_handshake.retransmitted;
+    assert_eq!(r.count, n);
+    assert_eq!(s.active_handshake.clean.count, 2);
+    for (i, wall) in truth.iter().enumerate() {
+        assert!((950.0..1500.0).contains(wall), "connect {i} took {wall} ms");
+    }
+    truth.sort_by(f64::total_cmp);
+    let max = ms(r.max_us);
+    println!(
+        "dropped SYN: connect() {:?} ms; tracer retransmitted handshakes {} max {max:.3} ms, clean p50 {:.3} ms",
+        truth,
+        r.count,
+        ms(s.active_handshake.clean.p50_us)
+    );
+    assert!(
+        (max - truth[truth.len() - 1]).abs() <= 2.0,
+        "max {max} vs {truth:?}"
+    );
+    assert!(ms(s.active_handshake.clean.max_us) < 100.0);
+    // Per peer: both handshakes needed a retransmit, one each.
+    let peer = s
+        .top_peers
+        .iter()
+        .find(|p| p.peer == addr.to_string())
+        .expect("peer row");
+    assert_eq!(peer.stats.handshakes, n + 2);
+    assert_eq!(peer.stats.handshakes_with_retransmits, n);
+    assert_eq!(peer.stats.retransmits, n);
+    let text = tracer::report::render_text(&s);
+    assert!(text.contains("with SYN retransmits"), "{text}");
+}
