@@ -59,22 +59,7 @@ const ACK: u8 = 0x10;
 
 /// Make sure `iptables` exists (a fresh machine may lack it).
 pub fn ensure_iptables() -> anyhow::Result<()> {
-    if Command::new("iptables").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "iptables"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-    };
-    if !install().is_ok_and(|s| s.success()) {
-        let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        if !install()?.success() {
-            bail!("could not install iptables with apt-get");
-        }
-    }
-    Ok(())
+    crate::ensure_debian_package("iptables", "iptables")
 }
 
 fn iptables(op: &str, rule: &[String]) -> anyhow::Result<()> {
