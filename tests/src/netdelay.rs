@@ -20,6 +20,15 @@ use std::{
 
 use anyhow::{bail, Context};
 
+/// Run the calling thread real-time (SCHED_FIFO; as root, best effort), so
+/// a busy machine does not delay its wakeups: the verdict loop's and the
+/// test's own wakeup lag would otherwise be error in the ground truth.
+pub fn realtime_thread() {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sets this thread's scheduling policy; `param` outlives the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+}
+
 /// What the verdict loop does to the server port's traffic.
 #[derive(Clone, Copy, Debug)]
 pub enum Action {
@@ -170,11 +179,8 @@ fn verdict_loop(
     records: Arc<Mutex<BTreeMap<u16, Record>>>,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
 ) {
-    // The loop's own latency is error in the ground truth: run it real-time
-    // (as root; best effort) so a busy machine does not delay its wakeups.
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: sets this thread's scheduling policy; `param` outlives the call.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    // The loop's own latency is error in the ground truth.
+    realtime_thread();
     let mut queue = match nfq::Queue::open().and_then(|mut q| {
         q.bind(port)?;
         q.set_nonblocking(true);
