@@ -68,22 +68,23 @@ pub fn start(
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let pid = child.id();
     let (tx, rx) = mpsc::channel::<()>();
-    let reader = |stream: Box<dyn Read + Send>, watch: bool, tx: mpsc::Sender<()>, ready: String| {
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            let mut signalled = !watch;
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if !signalled && line.contains(&ready) {
-                    let _ = tx.send(());
-                    signalled = true;
+    let reader =
+        |stream: Box<dyn Read + Send>, watch: bool, tx: mpsc::Sender<()>, ready: String| {
+            std::thread::spawn(move || {
+                let mut all = String::new();
+                let mut signalled = !watch;
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if !signalled && line.contains(&ready) {
+                        let _ = tx.send(());
+                        signalled = true;
+                    }
+                    all.push_str(&line);
+                    all.push('\n');
                 }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        })
-    };
+                all
+            })
+        };
     let stderr = reader(
         Box::new(child.stderr.take().context("stderr")?),
         on == ReadyOn::Stderr,

@@ -81,6 +81,14 @@ pub struct Config {
     pub threads: usize,
     /// Prefix of the network namespaces created.
     pub netns_prefix: String,
+    /// Phases to run (churn, kernel, ceiling, footprint, scale, startup); empty: all.
+    pub phases: Vec<String>,
+}
+
+impl Config {
+    pub fn wants(&self, phase: &str) -> bool {
+        self.phases.is_empty() || self.phases.iter().any(|p| p == phase)
+    }
 }
 
 impl Config {
@@ -95,8 +103,8 @@ impl Config {
                 "/scripts/tcpstates-agg.bt"
             )),
             serve_args: None,
-            rounds: 5,
-            churn_seconds: 4.0,
+            rounds: 7,
+            churn_seconds: 3.0,
             kernel_rounds: 2,
             kernel_seconds: 3.0,
             ceiling_rates: vec![
@@ -116,6 +124,7 @@ impl Config {
             net: 240,
             threads: 2,
             netns_prefix: format!("tsbench{}", std::process::id()),
+            phases: Vec::new(),
         }
     }
 
@@ -183,6 +192,8 @@ pub struct Bench {
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between the end of a load and reading counts.
+const SETTLE: Duration = Duration::from_millis(300);
 
 impl Bench {
     pub fn new(cfg: Config) -> Result<Bench> {
@@ -199,12 +210,7 @@ impl Bench {
 
     /// Start `setup`; `in_ns` runs a tracer inside the load's namespace (its
     /// report then sees the load's sockets); `filter` is an `--addr` CIDR.
-    pub fn attach(
-        &self,
-        setup: Setup,
-        ns: Option<&NetNs>,
-        extra: &[&str],
-    ) -> Result<Attached> {
+    pub fn attach(&self, setup: Setup, ns: Option<&NetNs>, extra: &[&str]) -> Result<Attached> {
         let cfg = &self.cfg;
         Ok(match setup {
             Setup::Nothing => Attached::Nothing,
@@ -321,7 +327,9 @@ pub struct ChurnRow {
     /// Connections per second, one per round.
     pub rates: Vec<f64>,
     pub median: Option<f64>,
-    /// Median over "nothing attached"'s median.
+    /// Each round's rate over the same round's "nothing attached" rate.
+    pub ratios: Vec<f64>,
+    /// Median of `ratios`.
     pub vs_nothing: Option<f64>,
 }
 
@@ -332,6 +340,8 @@ pub struct KernelRow {
     pub ns_per_run: Vec<f64>,
     pub median: Option<f64>,
     pub invocations: u64,
+    /// Connections the load made while the program was measured.
+    pub connections: u64,
     pub vs_noop: Option<f64>,
     pub vs_bpftrace: Option<f64>,
 }
@@ -416,17 +426,23 @@ pub fn churn(b: &mut Bench, setups: &[Setup]) -> Result<Vec<ChurnRow>> {
     // Warm up: fill the namespace's TIME_WAIT table to its steady state.
     b.load(None, Mode::Churn, None, Some(b.cfg.churn_seconds), None)?;
     for round in 0..b.cfg.rounds {
-        for (i, s) in rotated(&setups.iter().copied().enumerate().collect::<Vec<_>>(), round) {
+        for (i, s) in rotated(
+            &setups.iter().copied().enumerate().collect::<Vec<_>>(),
+            round,
+        ) {
             let a = b.attach(s, None, &[])?;
             let r = b.load(None, Mode::Churn, None, Some(b.cfg.churn_seconds), None);
             a.stop()?;
             rows[i].rates.push(r?.rate());
         }
     }
-    let base = median(&rows[0].rates);
+    // The machine's speed drifts (other work on it): compare each run with
+    // the baseline run of the same round, and take the median of those ratios.
+    let base: Vec<f64> = rows[0].rates.clone();
     for r in &mut rows {
         r.median = median(&r.rates);
-        r.vs_nothing = ratio(r.median, base);
+        r.ratios = r.rates.iter().zip(&base).map(|(x, b)| x / b).collect();
+        r.vs_nothing = median(&r.ratios);
     }
     Ok(rows)
 }
@@ -442,14 +458,17 @@ pub fn kernel_cost(b: &mut Bench, setups: &[Setup]) -> Result<Vec<KernelRow>> {
         })
         .collect();
     for round in 0..b.cfg.kernel_rounds {
-        for (i, s) in rotated(&setups.iter().copied().enumerate().collect::<Vec<_>>(), round) {
+        for (i, s) in rotated(
+            &setups.iter().copied().enumerate().collect::<Vec<_>>(),
+            round,
+        ) {
             let a = b.attach(s, None, &[])?;
             let before = a.run_stats()?.unwrap_or_default();
             let r = b.load(None, Mode::Churn, None, Some(b.cfg.kernel_seconds), None);
             let after = a.run_stats()?.unwrap_or_default();
             a.stop()?;
-            r?;
             let (n, t) = (after.0 - before.0, after.1 - before.1);
+            rows[i].connections += r?.connections;
             if n > 0 {
                 rows[i].ns_per_run.push(t as f64 / n as f64);
                 rows[i].invocations += n;
@@ -474,7 +493,10 @@ pub fn kernel_cost(b: &mut Bench, setups: &[Setup]) -> Result<Vec<KernelRow>> {
 
 /// The events mode's closing line: printed, dropped, counted.
 pub fn parse_events_tally(stderr: &str) -> Option<(u64, u64, u64)> {
-    let line = stderr.lines().rev().find(|l| l.contains("events printed"))?;
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("events printed"))?;
     let num_before = |word: &str| -> Option<u64> {
         let idx = line.find(word)?;
         line[..idx].split_whitespace().last()?.parse().ok()
@@ -498,6 +520,9 @@ pub fn ceiling_step(b: &mut Bench, ring_kib: u32, rate: Option<f64>) -> Result<C
         &["--addr", &cidr, "--ring-kib", &ring],
     )?;
     let r = b.load(None, Mode::Churn, rate, Some(b.cfg.ceiling_seconds), None);
+    // The last connections' final transitions may still sit in a softirq
+    // backlog (ksoftirqd) when the load generator exits: let them land.
+    std::thread::sleep(SETTLE);
     let f = a.stop()?.context("tracer output")?;
     let r = r?;
     let (printed, dropped, counted) = parse_events_tally(&f.stderr)
@@ -540,7 +565,13 @@ pub fn footprint_step(b: &mut Bench, setup: Setup, rate: Option<f64>) -> Result<
     };
     let t0 = run.cpu_ticks()?;
     let w0 = Instant::now();
-    let r = b.load(Some(&ns), Mode::Churn, rate, Some(b.cfg.footprint_seconds), None);
+    let r = b.load(
+        Some(&ns),
+        Mode::Churn,
+        rate,
+        Some(b.cfg.footprint_seconds),
+        None,
+    );
     let t1 = run.cpu_ticks()?;
     let wall = w0.elapsed().as_secs_f64();
     let f = a.stop()?.context("collector output")?;
@@ -573,7 +604,16 @@ pub fn scale(b: &mut Bench) -> Result<ScaleRow> {
             let n = per_proc.min(target_conns - p * per_proc);
             let mut c = ns.command(&b.cfg.loadgen);
             c.args(["--net", &b.cfg.net.to_string()])
-                .args(["--threads", "1", "--servers", "4", "--sources", "32", "--ports", "2"])
+                .args([
+                    "--threads",
+                    "1",
+                    "--servers",
+                    "4",
+                    "--sources",
+                    "32",
+                    "--ports",
+                    "2",
+                ])
                 .args(["--port-base", &(10_000 + p * 8).to_string()])
                 .args(["--count", &n.to_string(), "--hold"])
                 .stdin(Stdio::piped())
@@ -676,7 +716,8 @@ pub fn run_all(cfg: Config) -> Result<Results> {
         );
     }
     if !has_bt {
-        res.notes.push("bpftrace not measured: not installed".into());
+        res.notes
+            .push("bpftrace not measured: not installed".into());
     }
 
     let mut churn_setups = vec![Setup::Nothing, Setup::TracerSummary];
@@ -686,43 +727,55 @@ pub fn run_all(cfg: Config) -> Result<Results> {
     if has_bt {
         churn_setups.push(Setup::Bpftrace);
     }
-    log("1/5 connection churn, interleaved");
-    res.churn = churn(&mut b, &churn_setups)?;
+    if b.cfg.wants("churn") {
+        log("1/5 connection churn, interleaved");
+        res.churn = churn(&mut b, &churn_setups)?;
+    }
 
     let mut kernel_setups = vec![Setup::Noop, Setup::TracerSummary, Setup::TracerEvents];
     if has_bt {
         kernel_setups.push(Setup::Bpftrace);
     }
-    log("2/5 in-kernel ns per transition");
-    res.kernel = kernel_cost(&mut b, &kernel_setups)?;
-
-    log("3/5 throughput ceiling");
-    res.ceiling = ceiling(&mut b)?;
-
-    log("4/5 collector footprint");
-    let mut fp_setups = vec![Setup::TracerSummary, Setup::TracerEvents];
-    if has_serve {
-        fp_setups.push(Setup::TracerServe);
+    if b.cfg.wants("kernel") {
+        log("2/5 in-kernel ns per transition");
+        res.kernel = kernel_cost(&mut b, &kernel_setups)?;
     }
-    for s in fp_setups {
-        for rate in b.cfg.footprint_rates.clone() {
-            res.footprint.push(footprint_step(&mut b, s, rate)?);
+
+    if b.cfg.wants("ceiling") {
+        log("3/5 throughput ceiling");
+        res.ceiling = ceiling(&mut b)?;
+    }
+
+    if b.cfg.wants("footprint") {
+        log("4/5 collector footprint");
+        let mut fp_setups = vec![Setup::TracerSummary, Setup::TracerEvents];
+        if has_serve {
+            fp_setups.push(Setup::TracerServe);
+        }
+        for s in fp_setups {
+            for rate in b.cfg.footprint_rates.clone() {
+                res.footprint.push(footprint_step(&mut b, s, rate)?);
+            }
         }
     }
-    if b.cfg.hold_sockets > 0 {
+    if b.cfg.hold_sockets > 0 && b.cfg.wants("scale") {
         log("4/5 memory with many sockets open");
         res.scale = Some(scale(&mut b)?);
     }
 
-    log("5/5 start-up");
-    res.startup = startup(&mut b)?;
+    if b.cfg.wants("startup") {
+        log("5/5 start-up");
+        res.startup = startup(&mut b)?;
+    }
     res.load_avg_after = load_avg();
     res.wall_s = t0.elapsed().as_secs_f64();
     Ok(res)
 }
 
 fn humantime_now() -> String {
-    let o = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output();
+    let o = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
     o.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }

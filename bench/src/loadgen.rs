@@ -441,11 +441,15 @@ mod tests {
         };
         let net: ipnet::Ipv4Net = p.cidr().parse().unwrap();
         for i in 0..3 {
-            let IpAddr::V4(a) = p.server_addr(i) else { panic!() };
+            let IpAddr::V4(a) = p.server_addr(i) else {
+                panic!()
+            };
             assert!(net.contains(&a));
         }
         for i in 0..200 {
-            let IpAddr::V4(a) = p.source_addr(i) else { panic!() };
+            let IpAddr::V4(a) = p.source_addr(i) else {
+                panic!()
+            };
             assert!(net.contains(&a));
         }
         assert_ne!(p.server_addr(0), p.source_addr(0));

@@ -144,7 +144,10 @@ pub fn render(r: &Results) -> String {
         s.push('\n');
     }
 
-    let _ = writeln!(s, "## Targets\n\n| target | measured | met |\n| --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "## Targets\n\n| target | measured | met |\n| --- | --- | --- |"
+    );
     for v in verdicts(r) {
         let met = match v.met {
             Some(true) => "yes",
@@ -158,18 +161,21 @@ pub fn render(r: &Results) -> String {
         s,
         "\n## 1. Connection churn\n\nLoopback connections (connect, accept, client closes, server reads EOF and closes: \
          10 transitions each) per second, as fast as two threads go, in a private network namespace; \
-         the setups interleaved round by round (rotated order).\n\n\
-         | setup | conn/s (median) | vs nothing | runs |\n| --- | ---: | ---: | --- |"
+         the setups interleaved round by round (rotated order). *vs nothing* is the median over rounds of \
+         the run's rate divided by the same round's nothing-attached rate (the machine's speed drifts).\n\n\
+         | setup | conn/s (median) | vs nothing | runs (conn/s) | per-round ratios |\n| --- | ---: | ---: | --- | --- |"
     );
     for c in &r.churn {
         let runs: Vec<String> = c.rates.iter().map(|x| thousands(*x)).collect();
+        let ratios: Vec<String> = c.ratios.iter().map(|x| format!("{x:.2}")).collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             c.setup,
             c.median.map_or("–".into(), thousands),
             pct(c.vs_nothing),
-            runs.join(", ")
+            runs.join(", "),
+            ratios.join(", ")
         );
     }
 
@@ -253,7 +259,12 @@ pub fn render(r: &Results) -> String {
         );
     }
 
-    let runs: Vec<String> = r.startup.runs_ms.iter().map(|x| format!("{x:.0}")).collect();
+    let runs: Vec<String> = r
+        .startup
+        .runs_ms
+        .iter()
+        .map(|x| format!("{x:.0}"))
+        .collect();
     let _ = writeln!(
         s,
         "\n## 5. Start-up\n\nFrom exec of `tracer summary` to its \"Aggregating\" line, printed once the program is \
@@ -276,12 +287,14 @@ mod tests {
                     setup: "nothing attached".into(),
                     rates: vec![100.0, 110.0],
                     median: Some(105.0),
+                    ratios: vec![1.0, 1.0],
                     vs_nothing: Some(1.0),
                 },
                 ChurnRow {
                     setup: "tracer summary".into(),
                     rates: vec![100.0],
                     median: Some(100.0),
+                    ratios: vec![100.0 / 105.0],
                     vs_nothing: Some(100.0 / 105.0),
                 },
             ],
@@ -347,7 +360,7 @@ mod tests {
         for needle in [
             "## Targets",
             "## 1. Connection churn",
-            "| tracer summary | 100 | 95.2 % | 100 |",
+            "| tracer summary | 100 | 95.2 % | 100 | 0.95 |",
             "## 2. In-kernel",
             "## 3. Throughput ceiling",
             "| 16 | max | 250 000 |",

@@ -26,7 +26,10 @@ impl Machine {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let bpftrace = bpftrace.and_then(|b| {
-            let o = std::process::Command::new(b).arg("--version").output().ok()?;
+            let o = std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .ok()?;
             Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
         });
         Machine {
@@ -141,9 +144,10 @@ pub fn bpf_fds(pid: u32) -> Result<Vec<BpfFd>> {
         ))
         .unwrap_or_default();
         let f = parse_fdinfo(&info);
-        let dup = out
-            .iter()
-            .any(|o| (o.prog_id.is_some() && o.prog_id == f.prog_id) || (o.map_id.is_some() && o.map_id == f.map_id));
+        let dup = out.iter().any(|o| {
+            (o.prog_id.is_some() && o.prog_id == f.prog_id)
+                || (o.map_id.is_some() && o.map_id == f.map_id)
+        });
         if !dup {
             out.push(f);
         }
@@ -216,7 +220,8 @@ mod tests {
 
     #[test]
     fn stat_ticks_survive_odd_comms() {
-        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 1 0 100 1000 200";
+        let stat =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 1 0 100 1000 200";
         assert_eq!(parse_stat_ticks(stat), Some(42));
         assert_eq!(parse_stat_ticks("garbage"), None);
     }
@@ -237,12 +242,18 @@ mod tests {
         );
         let map = "map_type:\t9\nkey_size:\t8\nvalue_size:\t72\nmax_entries:\t262144\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t21000000\nmap_id:\t12\n";
         let m = parse_fdinfo(map);
-        assert_eq!((m.map_id, m.memlock, m.prog_id), (Some(12), 21_000_000, None));
+        assert_eq!(
+            (m.map_id, m.memlock, m.prog_id),
+            (Some(12), 21_000_000, None)
+        );
     }
 
     #[test]
     fn meminfo_and_cpu_model() {
-        assert_eq!(meminfo_kib("VmPeak:\t 100 kB\nVmHWM:\t  2048 kB\n", "VmHWM"), Some(2048));
+        assert_eq!(
+            meminfo_kib("VmPeak:\t 100 kB\nVmHWM:\t  2048 kB\n", "VmHWM"),
+            Some(2048)
+        );
         assert_eq!(meminfo_kib("VmHWM:\t  2048 kB\n", "VmRSS"), None);
         assert_eq!(
             cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"),

@@ -50,7 +50,11 @@ struct Args {
 fn main() -> ExitCode {
     let a = Args::parse();
     let plan = Plan {
-        mode: if a.refused { Mode::Refused } else { Mode::Churn },
+        mode: if a.refused {
+            Mode::Refused
+        } else {
+            Mode::Churn
+        },
         net: a.net,
         servers: a.servers,
         sources: a.sources,

@@ -7,7 +7,10 @@ use bench::harness::{self, Config};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tracer-bench", about = "Benchmark the TCP state tracer (needs root)")]
+#[command(
+    name = "tracer-bench",
+    about = "Benchmark the TCP state tracer (needs root)"
+)]
 struct Args {
     /// The tracer binary to measure.
     #[arg(long)]
@@ -32,6 +35,9 @@ struct Args {
     /// Sockets to hold open for the memory-at-scale figure (0 skips it).
     #[arg(long)]
     sockets: Option<u64>,
+    /// Only these phases (comma-separated: churn, kernel, ceiling, footprint, scale, startup).
+    #[arg(long, value_delimiter = ',')]
+    phases: Vec<String>,
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
     if let Some(r) = a.rounds {
         cfg.rounds = r.max(1);
     }
+    cfg.phases = a.phases;
     if let Some(s) = a.sockets {
         cfg.hold_sockets = s;
     }
