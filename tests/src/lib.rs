@@ -149,6 +149,52 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> (bool, T)) -> T {
     }
 }
 
+/// Install Debian package `pkg` when `bin` is not on PATH (CI machines are
+/// fresh; tests install what they need, as root).
+pub fn ensure_debian_package(bin: &str, pkg: &str) -> anyhow::Result<()> {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Ok(());
+    }
+    let install = || {
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q", pkg])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+    };
+    if !install().is_ok_and(|s| s.success()) {
+        let _ = std::process::Command::new("apt-get")
+            .args(["update", "-q"])
+            .status();
+        if !install()?.success() {
+            anyhow::bail!("could not install {pkg} with apt-get");
+        }
+    }
+    Ok(())
+}
+
+/// A port nobody listens on right now (bind to 0, read it, release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills and reaps a child process when dropped (test servers).
+pub struct KillOnDrop(pub std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Poll the summary until `done` holds (the last packets of a close are
 /// processed in softirq a moment after the syscalls return), then return it.
 pub fn settle(

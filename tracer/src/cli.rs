@@ -28,6 +28,28 @@ pub enum Command {
     Events(EventsArgs),
     /// Aggregate in the kernel for --duration (or until Ctrl-C), then print a report.
     Summary(SummaryArgs),
+    /// Run as a Prometheus exporter: /metrics, read from the kernel at each scrape.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Address to serve /metrics on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub listen: std::net::SocketAddr,
+    /// Peers with their own series (the first seen, largest first); all
+    /// others are summed into peer="other". Also bounds the port-pressure
+    /// destinations exported.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_peers: u16,
+    /// CLOSE_WAIT sockets older than this count as leaked.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -211,6 +233,8 @@ mod tests {
             &["tracer", "summary", "--port-pressure-warn", "0"],
             &["tracer", "summary", "--port-pressure-warn", "150"],
             &["tracer", "summary", "--close-wait-age", "0s"],
+            &["tracer", "serve", "--listen", "localhost"],
+            &["tracer", "serve", "--top-peers", "0"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} should fail");
         }

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod diag;
 pub mod event;
+pub mod export;
 pub mod filter;
 pub mod model;
 pub mod offsets;
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod procs;
 pub mod report;
 pub mod run;
+pub mod serve;
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -116,7 +118,11 @@ impl Tracer {
 
     /// The report, as of now.
     pub fn summary_with(&self, opts: &SummaryOptions) -> anyhow::Result<Summary> {
-        let snap = self.snapshot()?;
+        self.summary_of(&self.snapshot()?, opts)
+    }
+
+    /// The report on a snapshot taken earlier, with the population as of now.
+    pub fn summary_of(&self, snap: &Snapshot, opts: &SummaryOptions) -> anyhow::Result<Summary> {
         let sockets = self.sockets()?;
         let now_ns = monotonic_ns();
         let mut cgroups = cgroup::Resolver::new();
@@ -130,7 +136,7 @@ impl Tracer {
         }
         let sysctls = report::Sysctls::read();
         Ok(report::build(
-            &snap,
+            snap,
             &report::Context {
                 duration_s: self.started.elapsed().as_secs_f64(),
                 filter: self.filter.describe(),

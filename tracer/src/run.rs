@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Resolves on Ctrl-C, SIGTERM, or after `duration`.
-async fn stop_signal(duration: Option<Duration>) {
+pub(crate) async fn stop_signal(duration: Option<Duration>) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     let timer = async {
@@ -32,7 +32,7 @@ async fn stop_signal(duration: Option<Duration>) {
 }
 
 /// Forward the kernel side's aya-log records to `log`.
-fn spawn_ebpf_logger(t: &mut Tracer) {
+pub(crate) fn spawn_ebpf_logger(t: &mut Tracer) {
     let Some(logger) = t.probe.take_logger() else {
         return;
     };

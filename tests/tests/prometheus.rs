@@ -1,0 +1,237 @@
+//! The exporter as Prometheus sees it: a real Prometheus server (Debian's
+//! package, installed when absent) scrapes `tracer serve` every second while
+//! a known workload runs; its HTTP API must then return the workload's
+//! numbers. And the per-peer label bound holds on a live exporter.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::{
+    connect_from, ensure_debian_package, free_port, tracer_bin, wait_for, KillOnDrop, Subnet,
+    Workload,
+};
+
+/// `tracer serve` on a free loopback port, filtered to `cidr`.
+fn start_exporter(cidr: &str, top_peers: u16) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = Command::new(tracer_bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--addr", cidr, "--top-peers", &top_peers.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("tracer serve");
+    let guard = KillOnDrop(child);
+    let up = wait_for(Duration::from_secs(20), || {
+        let ok = scrape(port).is_some();
+        (ok, ok)
+    });
+    assert!(up, "the exporter never answered on port {port}");
+    (guard, port)
+}
+
+fn scrape(port: u16) -> Option<String> {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()
+}
+
+/// One instant query: the value of the single result (None: no result).
+fn query(prom_port: u16, q: &str) -> Option<f64> {
+    let body = ureq::get(&format!("http://127.0.0.1:{prom_port}/api/v1/query"))
+        .query("query", q)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    assert_eq!(v["status"], "success", "{q}: {body}");
+    let r = v["data"]["result"].as_array()?;
+    assert!(r.len() <= 1, "{q}: more than one series: {body}");
+    r.first()?["value"][1].as_str()?.parse().ok()
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_workloads_numbers() {
+    ensure_debian_package("prometheus", "prometheus").expect("prometheus installed");
+    let net = Subnet::unique(20);
+    let (_exporter, port) = start_exporter(&net.cidr(), 5);
+
+    let dir = TempDir(std::env::temp_dir().join(format!("tcp-tracer-prom-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: tcp-tracer\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let prom_port = free_port();
+    let _prom = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus"),
+    );
+    let up = wait_for(Duration::from_secs(60), || {
+        let v = query(prom_port, "up{job=\"tcp-tracer\"}");
+        (v == Some(1.0), v)
+    });
+    assert_eq!(up, Some(1.0), "Prometheus never scraped the exporter");
+
+    let w = Workload {
+        client_closes: 8,
+        server_closes: 5,
+        refused: 3,
+        resets: 2,
+    };
+    w.run(net.client(), net.server());
+    let conns = w.connections() as f64;
+
+    // Wait for a scrape after the last close, then check every number.
+    let tw = (w.client_closes + w.server_closes) as f64;
+    let seen = wait_for(Duration::from_secs(30), || {
+        let v = query(prom_port, "sum(tcp_tracer_sockets{state=\"TIME_WAIT\"})");
+        (v == Some(tw), v)
+    });
+    assert_eq!(seen, Some(tw));
+    let checks = [
+        ("sum(tcp_tracer_connect_attempts_total)", conns + 3.0),
+        (
+            "sum(tcp_tracer_connections_established_total{side=\"active\"})",
+            conns,
+        ),
+        (
+            "sum(tcp_tracer_connections_established_total{side=\"passive\"})",
+            conns,
+        ),
+        (
+            "sum(tcp_tracer_connect_failures_total{reason=\"refused\"})",
+            3.0,
+        ),
+        ("sum(tcp_tracer_time_wait_entries_total)", tw),
+        (
+            "sum(tcp_tracer_time_wait_entries_total{side=\"active\"})",
+            8.0,
+        ),
+        (
+            "sum(tcp_tracer_time_wait_entries_total{side=\"passive\"})",
+            5.0,
+        ),
+        ("sum(tcp_tracer_resets_total{direction=\"sent\"})", 2.0),
+        ("sum(tcp_tracer_resets_total{direction=\"received\"})", 2.0),
+        (
+            "sum(tcp_tracer_handshake_duration_seconds_count{side=\"active\"})",
+            conns,
+        ),
+        (
+            "sum(tcp_tracer_handshake_duration_seconds_count{side=\"passive\"})",
+            conns,
+        ),
+        (
+            "sum(tcp_tracer_handshake_duration_seconds_bucket{side=\"active\",le=\"+Inf\"})",
+            conns,
+        ),
+        ("sum(tcp_tracer_peer_connections_total)", 2.0 * conns),
+        ("sum(tcp_tracer_peer_time_wait_entries_total)", tw),
+        ("count(tcp_tracer_peer_connections_total)", 3.0),
+        ("sum(tcp_tracer_events_dropped_total)", 0.0),
+    ];
+    let mut report = String::new();
+    for (q, want) in checks {
+        let got = query(prom_port, q);
+        report.push_str(&format!("{q} = {got:?} (want {want})\n"));
+        assert_eq!(got, Some(want), "{q}\n{report}");
+    }
+    println!("{report}");
+}
+
+/// Ten peers (five remote services, five client→port pairs) and a bound of
+/// three: exactly four series per per-peer metric, the largest three and
+/// "other", and nothing lost in the sum.
+#[test]
+fn peer_labels_are_bounded_to_n_plus_other() {
+    let net = Subnet::unique(21);
+    let (_exporter, port) = start_exporter(&net.cidr(), 3);
+    let listeners: Vec<TcpListener> = (0..5)
+        .map(|_| TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap())
+        .collect();
+    let mut total = 0;
+    for (i, l) in listeners.iter().enumerate() {
+        let addr = l.local_addr().unwrap();
+        for _ in 0..=i {
+            let c = connect_from(net.client(), addr).unwrap();
+            let (a, _) = l.accept().unwrap();
+            drop((c, a));
+            total += 1;
+        }
+    }
+    let text = wait_for(Duration::from_secs(10), || {
+        let t = scrape(port).unwrap_or_default();
+        let sum: u64 = t
+            .lines()
+            .filter(|l| l.starts_with("tcp_tracer_peer_connections_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (sum == 2 * total, t)
+    });
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("tcp_tracer_peer_connections_total{"))
+        .collect();
+    assert_eq!(series.len(), 4, "{series:#?}");
+    let port_of = |i: usize| listeners[i].local_addr().unwrap().port();
+    let server = net.server();
+    for want in [
+        format!(
+            "tcp_tracer_peer_connections_total{{peer=\"{server}:{}\"}} 5",
+            port_of(4)
+        ),
+        format!(
+            "tcp_tracer_peer_connections_total{{peer=\"{server}:{}\"}} 4",
+            port_of(3)
+        ),
+        format!(
+            "tcp_tracer_peer_connections_total{{peer=\"{server}:{}\"}} 3",
+            port_of(2)
+        ),
+        format!(
+            "tcp_tracer_peer_connections_total{{peer=\"other\"}} {}",
+            2 * total - 12
+        ),
+    ] {
+        assert!(series.contains(&want.as_str()), "{want} not in {series:#?}");
+    }
+    for m in [
+        "peer_time_wait_entries",
+        "peer_resets",
+        "peer_connect_failures",
+    ] {
+        let n = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("tcp_tracer_{m}_total{{")))
+            .count();
+        assert_eq!(n, 4, "{m}");
+    }
+}

@@ -1,0 +1,790 @@
+//! Prometheus exporter: the in-kernel aggregates and the sock_diag
+//! population, read at each scrape and encoded with `prometheus-client`
+//! (OpenMetrics text; the classic Prometheus text format is derived from it
+//! for clients that do not ask for OpenMetrics).
+//!
+//! Every metric is named `tcp_tracer_*`; counters end in `_total`, durations
+//! are in seconds. Per-peer series are bounded: the first `top_peers` peers
+//! seen (largest first within a scrape) get their own series for the
+//! exporter's lifetime, every other peer is summed into `peer="other"`, so a
+//! counter never goes backwards and a host with a million peers exports
+//! `top_peers + 1` series per per-peer metric.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+use tracer_common::{close, counter, dir, hist, hist_kind, FlowKey};
+
+use crate::{
+    model::{endpoint, group_flows, ip_from_raw, state_name, GroupStats, Histogram, Snapshot},
+    probe::RunStats,
+    report::Summary,
+};
+
+pub const PREFIX: &str = "tcp_tracer";
+
+/// Handshake buckets (seconds): loopback (tens of µs) to SYN retransmits
+/// (≈1 s per retransmit, then 3 s, 7 s, 15 s in total).
+pub const HANDSHAKE_BOUNDS_S: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 1.5, 3.5, 7.5, 15.5, 31.5,
+];
+
+/// Connection lifetime buckets (seconds).
+pub const LIFETIME_BOUNDS_S: &[f64] = &[
+    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// Cumulative Prometheus buckets from a kernel histogram. A kernel bucket
+/// counts toward `le=b` when every value it can hold is ≤ b; the one
+/// straddling b (kernel buckets are 1/64 of an octave) counts toward the next
+/// bound. So a sample up to 1.6 % below a bound may show one bucket higher:
+/// the rounding never under-reports a latency. `+Inf` holds the exact count.
+pub fn prom_buckets(h: &Histogram, bounds_s: &[f64]) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity(bounds_s.len() + 1);
+    for &b in bounds_s {
+        let b_ns = (b * 1e9).round() as u64;
+        let n: u64 = h
+            .buckets
+            .iter()
+            .enumerate()
+            // The last bucket is open-ended: only +Inf holds it.
+            .filter(|(i, _)| *i + 1 < hist::BUCKETS && hist::bucket_high(*i) <= b_ns + 1)
+            .map(|(_, n)| n)
+            .sum();
+        out.push((b, n));
+    }
+    out.push((f64::INFINITY, h.count));
+    out
+}
+
+/// Peers with their own series. Sticky and first-come (see the module doc).
+#[derive(Debug, Default)]
+pub struct PeerSlots {
+    max: usize,
+    admitted: BTreeSet<String>,
+}
+
+impl PeerSlots {
+    pub fn new(max: usize) -> Self {
+        PeerSlots {
+            max,
+            admitted: BTreeSet::new(),
+        }
+    }
+
+    /// Admit new peers while slots last (`groups` sorted largest first), then
+    /// fold everything else into `other`. Returns (peer label, stats).
+    pub fn fold(&mut self, groups: Vec<(String, GroupStats)>) -> Vec<(String, GroupStats)> {
+        let mut own: BTreeMap<String, GroupStats> = BTreeMap::new();
+        let mut other = GroupStats::default();
+        for (peer, g) in groups {
+            if !self.admitted.contains(&peer) && self.admitted.len() < self.max {
+                self.admitted.insert(peer.clone());
+            }
+            if self.admitted.contains(&peer) {
+                own.insert(peer, g);
+            } else {
+                add_counts(&mut other, &g);
+            }
+        }
+        let mut out: Vec<(String, GroupStats)> = own.into_iter().collect();
+        if self.admitted.len() >= self.max {
+            out.push(("other".into(), other));
+        }
+        out
+    }
+}
+
+fn add_counts(acc: &mut GroupStats, g: &GroupStats) {
+    acc.established += g.established;
+    acc.connect_failed += g.connect_failed;
+    acc.time_wait_entries += g.time_wait_entries;
+    acc.resets += g.resets;
+    acc.handshakes_with_retransmits += g.handshakes_with_retransmits;
+    acc.retransmits += g.retransmits;
+}
+
+/// Everything one scrape reads.
+pub struct Scrape {
+    pub snap: Snapshot,
+    pub summary: Summary,
+    /// In-kernel run statistics of the program (zero unless BPF stats are enabled).
+    pub run_stats: RunStats,
+    pub stats_enabled: bool,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+fn counter_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (l, v) in series {
+        if l.is_empty() {
+            m.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        } else {
+            m.encode_family(l)?
+                .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn counter1(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    counter_family(enc, name, help, &[(Vec::new(), v)])
+}
+
+fn gauge_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (l, v) in series {
+        if l.is_empty() {
+            m.encode_gauge(v)?;
+        } else {
+            m.encode_family(l)?.encode_gauge(v)?;
+        }
+    }
+    Ok(())
+}
+
+fn histogram_series(
+    m: &mut MetricEncoder,
+    l: Option<&Labels>,
+    h: &Histogram,
+    bounds: &[f64],
+) -> Result<(), std::fmt::Error> {
+    // prometheus-client takes per-bucket counts and accumulates them itself.
+    let cumulative = prom_buckets(h, bounds);
+    let mut prev = 0;
+    let per_bucket: Vec<(f64, u64)> = cumulative
+        .iter()
+        .map(|(b, n)| {
+            let d = n - prev;
+            prev = *n;
+            (*b, d)
+        })
+        .collect();
+    let (sum, count) = (h.sum_ns as f64 / 1e9, h.count);
+    match l {
+        Some(l) => {
+            m.encode_family(l)?
+                .encode_histogram::<NoLabelSet>(sum, count, &per_bucket, None)
+        }
+        None => m.encode_histogram::<NoLabelSet>(sum, count, &per_bucket, None),
+    }
+}
+
+/// Encode one scrape. Pure: unit tests call it on synthetic snapshots.
+pub fn encode_scrape(
+    s: &Scrape,
+    slots: &mut PeerSlots,
+    mut enc: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let snap = &s.snap;
+    let c = |i: u32| snap.counter(i);
+    let k = |kind: u8| snap.closes(kind);
+
+    // Handshake latency.
+    {
+        let mut m = enc.encode_descriptor(
+            "handshake_duration",
+            "TCP handshake latency: active = connect() to ESTABLISHED, passive = the server's SYN-ACK round trip; retransmitted = SYN/SYN-ACK retransmits were needed",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (side, clean, retx) in [
+            ("active", hist_kind::ACTIVE, hist_kind::ACTIVE_RETRANS),
+            ("passive", hist_kind::PASSIVE, hist_kind::PASSIVE_RETRANS),
+        ] {
+            for (r, kind) in [("false", clean), ("true", retx)] {
+                let l = labels(&[("side", side), ("retransmitted", r)]);
+                histogram_series(
+                    &mut m,
+                    Some(&l),
+                    &snap.hists[kind as usize],
+                    HANDSHAKE_BOUNDS_S,
+                )?;
+            }
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "connection_lifetime",
+            "Lifetime of established connections at close, from connect() / the final handshake ACK",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        histogram_series(
+            &mut m,
+            None,
+            &snap.hists[hist_kind::LIFETIME as usize],
+            LIFETIME_BOUNDS_S,
+        )?;
+    }
+
+    // State machine.
+    let mut transitions = Vec::new();
+    for (o, row) in snap.transitions.iter().enumerate() {
+        for (n, v) in row.iter().enumerate() {
+            if *v > 0 {
+                transitions.push((
+                    labels(&[("from", state_name(o as u8)), ("to", state_name(n as u8))]),
+                    *v,
+                ));
+            }
+        }
+    }
+    counter_family(
+        &mut enc,
+        "transitions",
+        "TCP state transitions by old and new state",
+        &transitions,
+    )?;
+    counter1(
+        &mut enc,
+        "connect_attempts",
+        "connect() calls (CLOSE -> SYN_SENT)",
+        c(counter::CONNECT_ATTEMPTS),
+    )?;
+    counter_family(
+        &mut enc,
+        "connections_established",
+        "Handshakes completed, by side",
+        &[
+            (
+                labels(&[("side", "active")]),
+                c(counter::ACTIVE_ESTABLISHED),
+            ),
+            (
+                labels(&[("side", "passive")]),
+                c(counter::PASSIVE_ESTABLISHED),
+            ),
+        ],
+    )?;
+    let cn = &s.summary.connects;
+    counter_family(
+        &mut enc,
+        "connect_failures",
+        "Failed connects (SYN_SENT -> CLOSE) by reason",
+        &[
+            (labels(&[("reason", "refused")]), cn.refused),
+            (labels(&[("reason", "timed_out")]), cn.timed_out),
+            (labels(&[("reason", "unreachable")]), cn.unreachable),
+            (labels(&[("reason", "aborted")]), cn.aborted),
+            (labels(&[("reason", "other")]), cn.other),
+        ],
+    )?;
+    counter_family(
+        &mut enc,
+        "resets",
+        "Established connections ended by RST, by direction",
+        &[
+            (labels(&[("direction", "sent")]), k(close::RESET_SENT)),
+            (
+                labels(&[("direction", "received")]),
+                k(close::RESET_RECEIVED),
+            ),
+        ],
+    )?;
+    counter_family(
+        &mut enc,
+        "closes",
+        "Connection close paths: who sent the first FIN, simultaneous closes, completed passive closes, timeouts, orphans parked in FIN_WAIT2",
+        &[
+            (labels(&[("path", "closed_here_first")]), c(counter::CLOSE_LOCAL_FIRST)),
+            (labels(&[("path", "closed_by_peer_first")]), c(counter::CLOSE_PEER_FIRST)),
+            (labels(&[("path", "simultaneous")]), c(counter::CLOSE_SIMULTANEOUS)),
+            (labels(&[("path", "passive_close_completed")]), k(close::LAST_ACK)),
+            (labels(&[("path", "timeout")]), k(close::TIMEOUT)),
+            (labels(&[("path", "fin_wait2_parked")]), k(close::FIN_WAIT2_PARKED)),
+        ],
+    )?;
+
+    // TIME_WAIT and the population.
+    counter_family(
+        &mut enc,
+        "time_wait_entries",
+        "Connections entering TIME_WAIT (incl. orphans parked in FIN_WAIT2), by the side that opened them",
+        &[
+            (labels(&[("side", "active")]), c(counter::TIME_WAIT_BY_DIR + dir::ACTIVE as u32)),
+            (labels(&[("side", "passive")]), c(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32)),
+            (labels(&[("side", "unknown")]), c(counter::TIME_WAIT_BY_DIR + dir::UNKNOWN as u32)),
+        ],
+    )?;
+    let tw = &s.summary.time_wait;
+    gauge_family(
+        &mut enc,
+        "time_wait_expected_sockets",
+        "TIME_WAIT entries of the last 60 s: the population the entries predict",
+        &[(Vec::new(), tw.model.entered_last_60s as f64)],
+    )?;
+    let now = &tw.now;
+    gauge_family(
+        &mut enc,
+        "sockets",
+        "TCP sockets by state now (sock_diag, what ss shows)",
+        &[
+            (labels(&[("state", "TIME_WAIT")]), now.time_wait as f64),
+            (labels(&[("state", "FIN_WAIT2")]), now.fin_wait2 as f64),
+            (labels(&[("state", "CLOSE_WAIT")]), now.close_wait as f64),
+            (labels(&[("state", "ESTABLISHED")]), now.established as f64),
+        ],
+    )?;
+    gauge_family(
+        &mut enc,
+        "close_wait_leaked_sockets",
+        "Sockets in CLOSE_WAIT longer than the leak threshold (the application never called close())",
+        &[(Vec::new(), s.summary.close_wait.leaks.len() as f64)],
+    )?;
+    let pp = &s.summary.port_pressure;
+    gauge_family(
+        &mut enc,
+        "port_pressure_ratio",
+        "Share of the ephemeral port range one destination (local addr -> remote addr:port) holds, top N destinations",
+        &pp.destinations
+            .iter()
+            .map(|r| {
+                (
+                    labels(&[("local_addr", &r.local_addr), ("destination", &r.remote)]),
+                    r.used_pct / 100.0,
+                )
+            })
+            .collect::<Vec<_>>(),
+    )?;
+
+    // Per peer, bounded.
+    let groups = group_flows(&snap.flows, peer_key, usize::MAX)
+        .into_iter()
+        .map(|((d, family, raddr, port), g)| {
+            (
+                peer_label(&FlowKey {
+                    raddr,
+                    family,
+                    port,
+                    dir: d,
+                    ..Default::default()
+                }),
+                g,
+            )
+        })
+        .collect();
+    let peers = slots.fold(groups);
+    let per_peer = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
+        peers
+            .iter()
+            .map(|(p, g)| (labels(&[("peer", p)]), f(g)))
+            .collect()
+    };
+    counter_family(
+        &mut enc,
+        "peer_connections",
+        "Established connections per peer (remote addr:port, or client addr -> :local port)",
+        &per_peer(|g| g.established),
+    )?;
+    counter_family(
+        &mut enc,
+        "peer_connect_failures",
+        "Failed connects per peer",
+        &per_peer(|g| g.connect_failed),
+    )?;
+    counter_family(
+        &mut enc,
+        "peer_time_wait_entries",
+        "TIME_WAIT entries per peer",
+        &per_peer(|g| g.time_wait_entries),
+    )?;
+    counter_family(
+        &mut enc,
+        "peer_resets",
+        "Resets (sent + received) per peer",
+        &per_peer(|g| g.resets),
+    )?;
+    counter_family(
+        &mut enc,
+        "peer_handshake_retransmits",
+        "Handshakes that needed SYN/SYN-ACK retransmits, per peer",
+        &per_peer(|g| g.handshakes_with_retransmits),
+    )?;
+
+    // The tracer's own health.
+    let h = &s.summary.tracer;
+    counter1(
+        &mut enc,
+        "events",
+        "Transitions the kernel program counted",
+        h.transitions_counted,
+    )?;
+    counter1(
+        &mut enc,
+        "events_dropped",
+        "Events the ring buffer could not take (aggregates stay exact)",
+        h.events_dropped,
+    )?;
+    counter1(
+        &mut enc,
+        "inflight_missing",
+        "Sockets first seen mid-life: evicted from the in-flight LRU map, or older than the tracer",
+        h.inflight_missing,
+    )?;
+    counter1(
+        &mut enc,
+        "inflight_insert_failures",
+        "In-flight map insertions that failed",
+        h.inflight_insert_failed,
+    )?;
+    counter1(
+        &mut enc,
+        "flow_table_overflows",
+        "Transitions missing from the per-peer tables because the flow table was full",
+        h.flow_table_full,
+    )?;
+    counter1(
+        &mut enc,
+        "bpf_runs",
+        "Invocations of the kernel program (counted while BPF stats are enabled)",
+        s.run_stats.run_count,
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "bpf_run_time",
+            "Time spent in the kernel program (while BPF stats are enabled); divide by bpf_runs for the cost per transition",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        m.encode_counter::<NoLabelSet, _, u64>(&(s.run_stats.run_time_ns as f64 / 1e9), None)?;
+    }
+    gauge_family(
+        &mut enc,
+        "bpf_stats_enabled",
+        "1 when the kernel collects BPF run-time statistics",
+        &[(Vec::new(), if s.stats_enabled { 1.0 } else { 0.0 })],
+    )?;
+    Ok(())
+}
+
+type PeerKey = (u8, u16, [u8; 16], u16);
+
+fn peer_key(k: &FlowKey, _: &tracer_common::FlowStats) -> PeerKey {
+    (k.dir, k.family, k.raddr, k.port)
+}
+
+fn peer_label(k: &FlowKey) -> String {
+    let ip = ip_from_raw(k.family, &k.raddr);
+    if k.dir == dir::ACTIVE {
+        endpoint(ip, k.port)
+    } else {
+        format!("{ip} -> :{}", k.port)
+    }
+}
+
+/// The collector `Registry` calls at each scrape.
+pub struct LiveCollector {
+    pub scrape: Box<dyn Fn() -> anyhow::Result<Scrape> + Send + Sync>,
+    pub slots: Mutex<PeerSlots>,
+}
+
+impl std::fmt::Debug for LiveCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCollector")
+    }
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = match (self.scrape)() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("scrape failed: {e:#}");
+                return Err(std::fmt::Error);
+            }
+        };
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        encode_scrape(&s, &mut slots, enc)
+    }
+}
+
+/// A registry with the tracer's collector under the `tcp_tracer` prefix.
+pub fn registry(collector: impl Collector) -> Registry {
+    let mut r = Registry::with_prefix(PREFIX);
+    r.register_collector(Box::new(collector));
+    r
+}
+
+/// OpenMetrics text of the registry.
+pub fn openmetrics(r: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, r)?;
+    Ok(out)
+}
+
+/// The classic Prometheus text format (0.0.4) from OpenMetrics text: no
+/// `# EOF` / `# UNIT` lines, and counter families named with their `_total`
+/// suffix, as that format expects.
+pub fn classic_text(om: &str) -> String {
+    let counters: BTreeSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// A scrape of `snap` alone: no sockets, no run statistics. For tests and
+/// for listing the metric names.
+pub fn offline_scrape(snap: Snapshot) -> Scrape {
+    static NO_CGROUPS: BTreeMap<u64, String> = BTreeMap::new();
+    let summary = crate::report::build(
+        &snap,
+        &crate::report::Context {
+            duration_s: 0.0,
+            filter: "all TCP".into(),
+            top: 10,
+            sockets: &[],
+            ephemeral: (32768, 60999),
+            sysctls: Default::default(),
+            pressure_warn_pct: 50.0,
+            close_wait_leaks: Vec::new(),
+            close_wait_threshold_s: 30.0,
+            now_sec: 0,
+            cgroup_paths: &NO_CGROUPS,
+        },
+    );
+    Scrape {
+        snap,
+        summary,
+        run_stats: RunStats::default(),
+        stats_enabled: false,
+    }
+}
+
+/// Every sample name the exporter can emit (`_total` for counters,
+/// `_bucket`/`_sum`/`_count` for histograms): what dashboards may query.
+pub fn metric_names() -> BTreeSet<String> {
+    #[derive(Debug)]
+    struct Empty;
+    impl Collector for Empty {
+        fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_scrape(
+                &offline_scrape(Snapshot::empty()),
+                &mut PeerSlots::new(1),
+                enc,
+            )
+        }
+    }
+    let om = openmetrics(&registry(Empty)).expect("encoding to a String");
+    let mut names = BTreeSet::new();
+    for line in om.lines() {
+        let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|l| l.split_once(' '))
+        else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for sfx in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{sfx}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Metric family names (with prefix and suffixes as samples carry them) in
+/// an OpenMetrics text: what dashboards may query.
+pub fn sample_names(om: &str) -> BTreeSet<String> {
+    om.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Replay;
+
+    #[derive(Debug)]
+    struct Fixed(Mutex<(Snapshot, PeerSlots)>);
+    impl Collector for Fixed {
+        fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let mut g = self.0.lock().unwrap();
+            let (snap, slots) = &mut *g;
+            let mut s = offline_scrape(snap.clone());
+            s.run_stats = RunStats {
+                run_count: 10,
+                run_time_ns: 2_000,
+            };
+            s.stats_enabled = true;
+            encode_scrape(&s, slots, enc)
+        }
+    }
+
+    fn replay_peers(n: u32) -> Snapshot {
+        let mut r = Replay::default();
+        for i in 0..n {
+            // Peer i gets i+1 connections, so the volumes are all different.
+            for j in 0..=i {
+                let sock = (i * 100 + j) as u64;
+                r.active_open(sock, 7, [10, 0, 0, 1 + i as u8], 80, 2_000_000, 0);
+                r.active_close_to_time_wait(sock, true);
+            }
+        }
+        r.snapshot()
+    }
+
+    fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .collect()
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_never_under_report() {
+        let mut h = Histogram::default();
+        for v in [20_000u64, 40_000, 999_900, 1_000_000, 1_010_000_000] {
+            h.record(v);
+        }
+        let b = prom_buckets(&h, HANDSHAKE_BOUNDS_S);
+        let at = |le: f64| b.iter().find(|(x, _)| *x == le).unwrap().1;
+        assert_eq!(at(0.000025), 1);
+        assert_eq!(at(0.00005), 2);
+        // 999.9 µs lies in the kernel bucket straddling 1 ms: it counts at 2.5 ms.
+        assert_eq!(at(0.001), 2);
+        assert_eq!(at(0.0025), 4);
+        assert_eq!(at(1.0), 4);
+        assert_eq!(at(1.5), 5);
+        assert_eq!(b.last().unwrap(), &(f64::INFINITY, 5));
+        assert!(b.windows(2).all(|w| w[0].1 <= w[1].1));
+    }
+
+    #[test]
+    fn more_peers_than_slots_give_exactly_n_plus_one_series() {
+        let c = Fixed(Mutex::new((replay_peers(7), PeerSlots::new(3))));
+        let r = registry(c);
+        let text = openmetrics(&r).unwrap();
+        let conns = series(&text, "tcp_tracer_peer_connections_total");
+        assert_eq!(conns.len(), 4, "{conns:#?}");
+        // The three largest peers (7, 6, 5 connections) and the rest (1+2+3+4).
+        for want in [
+            "tcp_tracer_peer_connections_total{peer=\"10.0.0.7:80\"} 7",
+            "tcp_tracer_peer_connections_total{peer=\"10.0.0.6:80\"} 6",
+            "tcp_tracer_peer_connections_total{peer=\"10.0.0.5:80\"} 5",
+            "tcp_tracer_peer_connections_total{peer=\"other\"} 10",
+        ] {
+            assert!(conns.contains(&want), "{want} not in {conns:#?}");
+        }
+        // Slots are sticky: a scrape later, the same series and no decrease.
+        let again = openmetrics(&r).unwrap();
+        assert_eq!(series(&again, "tcp_tracer_peer_connections_total"), conns);
+    }
+
+    #[test]
+    fn fewer_peers_than_slots_have_no_other_series_until_full() {
+        let mut slots = PeerSlots::new(5);
+        let g = |n| GroupStats {
+            established: n,
+            ..Default::default()
+        };
+        let out = slots.fold(vec![("a".into(), g(3)), ("b".into(), g(1))]);
+        assert_eq!(out.len(), 2);
+        // A later peer still gets a slot; counts never move between series.
+        let out = slots.fold(vec![
+            ("a".into(), g(4)),
+            ("b".into(), g(1)),
+            ("c".into(), g(9)),
+        ]);
+        let names: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn metrics_carry_the_workload_and_follow_conventions() {
+        let mut r = Replay::default();
+        for i in 0..3 {
+            r.active_open(i, 7, [10, 0, 0, 1], 443, 5_000_000, 0);
+            r.active_close_to_time_wait(i, true);
+        }
+        r.refused(50, 7, [10, 0, 0, 1], 444);
+        let c = Fixed(Mutex::new((r.snapshot(), PeerSlots::new(10))));
+        let text = openmetrics(&registry(c)).unwrap();
+        for want in [
+            "tcp_tracer_connect_attempts_total 4",
+            "tcp_tracer_connections_established_total{side=\"active\"} 3",
+            "tcp_tracer_connect_failures_total{reason=\"refused\"} 1",
+            "tcp_tracer_time_wait_entries_total{side=\"active\"} 3",
+            "tcp_tracer_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 3",
+            "tcp_tracer_handshake_duration_seconds_count{side=\"active\",retransmitted=\"false\"} 3",
+            "tcp_tracer_handshake_duration_seconds_bucket{le=\"0.005\",side=\"active\",retransmitted=\"false\"} 0",
+            "tcp_tracer_handshake_duration_seconds_bucket{le=\"0.01\",side=\"active\",retransmitted=\"false\"} 3",
+            "tcp_tracer_handshake_duration_seconds_bucket{le=\"+Inf\",side=\"active\",retransmitted=\"false\"} 3",
+            "tcp_tracer_connection_lifetime_seconds_count 0",
+            "tcp_tracer_peer_time_wait_entries_total{peer=\"10.0.0.1:443\"} 3",
+            "tcp_tracer_peer_connect_failures_total{peer=\"10.0.0.1:444\"} 1",
+            "tcp_tracer_bpf_runs_total 10",
+            "# TYPE tcp_tracer_handshake_duration_seconds histogram",
+            "# UNIT tcp_tracer_handshake_duration_seconds seconds",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(want)),
+                "{want} missing from\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+        let names = sample_names(&text);
+        assert!(names.iter().all(|n| n.starts_with("tcp_tracer_")));
+        // Classic text: counters are typed under their _total name, no EOF.
+        let classic = classic_text(&text);
+        assert!(classic.contains("# TYPE tcp_tracer_connect_attempts_total counter\n"));
+        assert!(classic.contains("# TYPE tcp_tracer_handshake_duration_seconds histogram\n"));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+        assert_eq!(sample_names(&classic), names);
+        assert!(names.is_subset(&metric_names()), "{names:?}");
+    }
+}
