@@ -58,8 +58,9 @@ pub struct Config {
     /// bpftrace binary; None leaves bpftrace out.
     pub bpftrace: Option<PathBuf>,
     pub bpftrace_script: PathBuf,
-    /// Arguments that start the exporter (`tracer serve ...`), when it exists.
-    pub serve_args: Option<Vec<String>>,
+    /// Measure the exporter (`tracer serve`), scraped every `scrape_interval`.
+    pub serve: bool,
+    pub scrape_interval: Duration,
     /// Interleaved rounds of the churn comparison.
     pub rounds: usize,
     pub churn_seconds: f64,
@@ -102,7 +103,8 @@ impl Config {
                 env!("CARGO_MANIFEST_DIR"),
                 "/scripts/tcpstates-agg.bt"
             )),
-            serve_args: None,
+            serve: false,
+            scrape_interval: Duration::from_secs(1),
             rounds: 7,
             churn_seconds: 3.0,
             kernel_rounds: 2,
@@ -150,22 +152,28 @@ impl Config {
 pub enum Attached {
     Nothing,
     Process(Running),
+    /// `tracer serve` and the thread scraping it.
+    Exporter(Running, Scraper),
     Noop(tracer::probe::NoopProbe),
 }
 
 impl Attached {
-    pub fn pid(&self) -> Option<u32> {
+    pub fn running(&self) -> Option<&Running> {
         match self {
-            Attached::Process(r) => Some(r.pid),
+            Attached::Process(r) | Attached::Exporter(r, _) => Some(r),
             _ => None,
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.running().map(|r| r.pid)
     }
 
     /// In-kernel run statistics of the tool's program on the tracepoint.
     pub fn run_stats(&self) -> Result<Option<(u64, u64)>> {
         Ok(match self {
             Attached::Nothing => None,
-            Attached::Process(r) => {
+            Attached::Process(r) | Attached::Exporter(r, _) => {
                 sys::busiest_program(r.pid)?.map(|f| (f.run_cnt, f.run_time_ns))
             }
             Attached::Noop(n) => {
@@ -178,8 +186,69 @@ impl Attached {
     pub fn stop(self) -> Result<Option<child::Finished>> {
         match self {
             Attached::Process(r) => Ok(Some(r.stop()?)),
+            Attached::Exporter(r, scraper) => {
+                let scrapes = scraper.stop();
+                let f = r.stop()?;
+                if scrapes == 0 {
+                    bail!("the exporter answered no scrape; stderr:\n{}", f.stderr);
+                }
+                Ok(Some(f))
+            }
             _ => Ok(None),
         }
+    }
+}
+
+/// Scrapes an exporter's /metrics every `interval` (from inside the
+/// exporter's network namespace), like Prometheus would.
+pub struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl Scraper {
+    pub fn start(addr: std::net::SocketAddr, netns_fd: Option<i32>, interval: Duration) -> Scraper {
+        use std::{
+            io::{Read, Write},
+            sync::atomic::Ordering,
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            if let Some(fd) = netns_fd {
+                // SAFETY: setns on this thread only, with a namespace fd the
+                // caller keeps open while the scraper runs.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return 0;
+                }
+            }
+            let mut ok = 0u64;
+            let mut next = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    next += interval;
+                    let scrape = || -> std::io::Result<usize> {
+                        let mut c = std::net::TcpStream::connect(addr)?;
+                        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+                        let mut body = Vec::new();
+                        c.read_to_end(&mut body)?;
+                        Ok(body.len())
+                    };
+                    if scrape().is_ok_and(|n| n > 0) {
+                        ok += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ok
+        });
+        Scraper { stop, handle }
+    }
+
+    /// Stop scraping; returns how many scrapes were answered.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
     }
 }
 
@@ -238,14 +307,18 @@ impl Bench {
                 )?)
             }
             Setup::TracerServe => {
-                let args = cfg
-                    .serve_args
-                    .as_ref()
-                    .context("this tracer binary has no `serve` subcommand")?;
+                if !cfg.serve {
+                    bail!("this tracer binary has no `serve` subcommand");
+                }
+                let addr: std::net::SocketAddr =
+                    format!("127.0.0.1:{}", 19_000 + (std::process::id() % 500) * 2)
+                        .parse()
+                        .expect("address");
                 let mut c = self.tracer_cmd(ns);
-                c.args(args).args(extra);
-                // The exporter is ready once it has attached and says so.
-                Attached::Process(child::start(c, ReadyOn::Stderr, "", false, READY_TIMEOUT)?)
+                c.args(["serve", "--listen", &addr.to_string()]).args(extra);
+                let run = child::start(c, ReadyOn::Stderr, "Serving", false, READY_TIMEOUT)?;
+                let scraper = Scraper::start(addr, ns.map(NetNs::fd), cfg.scrape_interval);
+                Attached::Exporter(run, scraper)
             }
             Setup::Bpftrace => {
                 let b = cfg.bpftrace.as_ref().context("bpftrace is not installed")?;
@@ -331,6 +404,13 @@ pub struct ChurnRow {
     pub ratios: Vec<f64>,
     /// Median of `ratios`.
     pub vs_nothing: Option<f64>,
+    /// CPU time of the load process per connection (µs), one per round.
+    pub cpu_us_per_conn: Vec<f64>,
+    pub cpu_median: Option<f64>,
+    /// Median over rounds of (nothing's CPU per connection / this one's):
+    /// the throughput ratio a CPU-bound host would see, robust to time
+    /// other work on the machine takes from the load.
+    pub cpu_vs_nothing: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -433,16 +513,29 @@ pub fn churn(b: &mut Bench, setups: &[Setup]) -> Result<Vec<ChurnRow>> {
             let a = b.attach(s, None, &[])?;
             let r = b.load(None, Mode::Churn, None, Some(b.cfg.churn_seconds), None);
             a.stop()?;
-            rows[i].rates.push(r?.rate());
+            let r = r?;
+            rows[i].rates.push(r.rate());
+            rows[i]
+                .cpu_us_per_conn
+                .push(r.cpu_s * 1e6 / r.connections.max(1) as f64);
         }
     }
     // The machine's speed drifts (other work on it): compare each run with
     // the baseline run of the same round, and take the median of those ratios.
     let base: Vec<f64> = rows[0].rates.clone();
+    let base_cpu: Vec<f64> = rows[0].cpu_us_per_conn.clone();
     for r in &mut rows {
         r.median = median(&r.rates);
         r.ratios = r.rates.iter().zip(&base).map(|(x, b)| x / b).collect();
         r.vs_nothing = median(&r.ratios);
+        r.cpu_median = median(&r.cpu_us_per_conn);
+        let cpu_ratios: Vec<f64> = r
+            .cpu_us_per_conn
+            .iter()
+            .zip(&base_cpu)
+            .map(|(x, b)| b / x)
+            .collect();
+        r.cpu_vs_nothing = median(&cpu_ratios);
     }
     Ok(rows)
 }
@@ -560,7 +653,7 @@ pub fn footprint_step(b: &mut Bench, setup: Setup, rate: Option<f64>) -> Result<
     b.serial += 1;
     let ns = NetNs::create(&format!("{}-fp{}", b.cfg.netns_prefix, b.serial))?;
     let a = b.attach(setup, Some(&ns), &[])?;
-    let Attached::Process(run) = &a else {
+    let Some(run) = a.running() else {
         bail!("{setup:?} is not a process");
     };
     let t0 = run.cpu_ticks()?;
@@ -665,7 +758,7 @@ pub fn startup(b: &mut Bench) -> Result<StartupRow> {
     let mut runs = Vec::new();
     for _ in 0..b.cfg.startup_runs {
         let a = b.attach(Setup::TracerSummary, None, &[])?;
-        if let Attached::Process(r) = &a {
+        if let Some(r) = a.running() {
             runs.push(r.startup.as_secs_f64() * 1e3);
         }
         a.stop()?;
@@ -709,7 +802,7 @@ pub fn run_all(cfg: Config) -> Result<Results> {
     };
     let mut b = Bench::new(cfg)?;
     let has_bt = b.cfg.bpftrace.is_some();
-    let has_serve = b.cfg.serve_args.is_some();
+    let has_serve = b.cfg.serve;
     if !has_serve {
         res.notes.push(
             "exporter mode not measured: this tracer binary has no `serve` subcommand".into(),

@@ -159,6 +159,11 @@ pub struct Report {
     /// Connections that failed somewhere (each error is counted once).
     pub errors: u64,
     pub elapsed_s: f64,
+    /// CPU time (user + system) of the whole load process: with loopback,
+    /// the kernel's TCP work and the BPF programs on the tracepoint run in
+    /// its system calls and the softirqs they raise.
+    #[serde(default)]
+    pub cpu_s: f64,
     /// First errors, for diagnosis.
     pub error_samples: Vec<String>,
 }
@@ -171,6 +176,16 @@ impl Report {
             0.0
         }
     }
+}
+
+/// User + system CPU time of this process so far, seconds.
+pub fn process_cpu_s() -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage overwrites it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// A client socket bound to `src` whose port the kernel picks at connect().
@@ -331,6 +346,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
         total.error_samples.extend(r.error_samples);
     }
     total.elapsed_s = start.elapsed().as_secs_f64();
+    total.cpu_s = process_cpu_s();
     total.error_samples.truncate(5);
     Ok(total)
 }

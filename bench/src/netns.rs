@@ -45,6 +45,11 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// The namespace's fd (for setns).
+    pub fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

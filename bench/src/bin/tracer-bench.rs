@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         cfg.bpftrace = a.bpftrace.or_else(|| find_on_path("bpftrace"));
     }
     if harness::tracer_has_serve(&a.tracer) {
-        cfg.serve_args = Some(vec!["serve".into()]);
+        cfg.serve = true;
     }
     if let Some(r) = a.rounds {
         cfg.rounds = r.max(1);
