@@ -22,7 +22,7 @@ fn thousands(n: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(' ');
         }
         out.push(c);
@@ -241,7 +241,8 @@ pub fn render(r: &Results) -> String {
         s,
         "\n## 4. Collector footprint\n\nThe tracer process in the load's namespace; CPU = its user+system time over \
          wall time while the load ran (% of one core); peak RSS = `ru_maxrss` over its whole life, including the \
-         final report.\n\n| mode | conn/s asked | conn/s achieved | CPU % of a core | peak RSS MiB |\n\
+         final report. CPU is counted in clock ticks: 0.00 means no tick in the run (below 1 / (100 Hz × run \
+         seconds), under 0.2 %). The exporter is scraped every second.\n\n| mode | conn/s asked | conn/s achieved | CPU % of a core | peak RSS MiB |\n\
          | --- | ---: | ---: | ---: | ---: |"
     );
     for f in &r.footprint {
