@@ -649,9 +649,7 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         st.deferred_new = new;
         st.deferred_ts = now;
         st.ts_state = now;
-        if INFLIGHT.insert(&cookie, &st, 0).is_err() {
-            bump(counter::INFLIGHT_INSERT_FAILED);
-        }
+        store_state(existing, cookie, &st);
         return Ok(());
     }
 
@@ -768,21 +766,25 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         ev_flags |= flag::RETRANS;
     }
     let close_kind = e.close_kind;
-    let detail = Detail {
-        ts: now,
-        old,
-        new,
-        in_state_ns,
-        handshake_ns,
-        retrans,
-        sk_err,
-        close_kind,
-        flags: ev_flags,
-        lifetime_ns: cf.lifetime_ns,
-        bytes_received: cf.bytes_received,
-        bytes_acked: cf.bytes_acked,
-    };
-    emit(&t, &st, cookie, &detail);
+    // (Summary mode streams nothing: skip building the event. FILTER is
+    // read-only, so the verifier prunes whichever branch is dead.)
+    if ld!(FILTER.emit_events) != 0 {
+        let detail = Detail {
+            ts: now,
+            old,
+            new,
+            in_state_ns,
+            handshake_ns,
+            retrans,
+            sk_err,
+            close_kind,
+            flags: ev_flags,
+            lifetime_ns: cf.lifetime_ns,
+            bytes_received: cf.bytes_received,
+            bytes_acked: cf.bytes_acked,
+        };
+        emit(&t, &st, cookie, &detail);
+    }
 
     if new == state::CLOSE {
         if had_state {
@@ -790,11 +792,27 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
     } else {
         st.ts_state = now;
-        if INFLIGHT.insert(&cookie, &st, 0).is_err() {
-            bump(counter::INFLIGHT_INSERT_FAILED);
-        }
+        store_state(existing, cookie, &st);
     }
     Ok(())
+}
+
+/// Save a socket's state: in place when it already has an entry (an LRU
+/// update allocates a new element and frees the old one — the most
+/// expensive step of a transition before this), else as a new entry.
+#[inline(always)]
+fn store_state(existing: Option<*mut SockState>, cookie: u64, st: &SockState) {
+    match existing {
+        // SAFETY: the entry's value, found by this run; transitions of one
+        // socket are serialized by the kernel (socket lock), so no other
+        // run writes it meanwhile.
+        Some(p) => unsafe { *p = *st },
+        None => {
+            if INFLIGHT.insert(&cookie, st, 0).is_err() {
+                bump(counter::INFLIGHT_INSERT_FAILED);
+            }
+        }
+    }
 }
 
 #[cfg(not(test))]

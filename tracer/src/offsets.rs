@@ -23,10 +23,16 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Offsets of every field the programs read, from the running kernel.
 pub fn from_kernel() -> Result<Offsets, OffsetError> {
-    let btf = Btf::from_file(VMLINUX_BTF).map_err(|source| OffsetError::Read {
-        path: VMLINUX_BTF.into(),
-        source,
-    })?;
+    // mmap and read on demand: parsing the whole ~5 MB vmlinux BTF into the
+    // cache took ~0.3 s and ~25 MB of peak RSS for the dozen fields we need
+    // (benchmarks, docs/BENCHMARKS.md). Kernels whose sysfs BTF file cannot
+    // be mmapped fall back to reading it.
+    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file(VMLINUX_BTF))
+        .map_err(|source| OffsetError::Read {
+            path: VMLINUX_BTF.into(),
+            source,
+        })?;
     compute(&btf)
 }
 

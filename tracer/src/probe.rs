@@ -103,6 +103,13 @@ impl NoopProbe {
     }
 }
 
+/// Give the heap the kernel BTF parse used (~20 MB, freed by now) back to
+/// the system, so a long-running collector's resident set stays small.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free heap memory; no pointers change.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Check for the capabilities loading and attaching need, before touching
 /// anything, so a failure leaves nothing half-attached.
 pub fn check_privileges() -> Result<(), ProbeError> {
@@ -168,20 +175,25 @@ impl Probe {
         let offsets = offsets::from_kernel()?;
         let mut filter = opts.filter;
         filter.emit_events = opts.emit_events as u8;
+        // One parse of the kernel's BTF serves the loader and the program
+        // (aya would otherwise read and parse it twice: start-up time).
+        let btf = Btf::from_sys_fs()?;
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("INFLIGHT", opts.inflight_entries)
             .map_max_entries("FLOWS", opts.flow_entries)
             .load(OBJECT)?;
-        let btf = Btf::from_sys_fs()?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(PROGRAM)
             .ok_or(ProbeError::MissingMap(PROGRAM))?
             .try_into()?;
         prog.load(PROGRAM, &btf)?;
         prog.attach()?;
+        drop(btf);
+        release_freed_memory();
         Ok(Probe { ebpf })
     }
 

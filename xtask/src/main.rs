@@ -6,6 +6,8 @@
 //! - `run [-- ARGS]`: build, then run the tracer (as root).
 //! - `test`: build, unit tests, then the root integration tests one at a time.
 //! - `lint`: rustfmt check and clippy on the host crates.
+//! - `bench`: build, install bpftrace if absent, run the full benchmark
+//!   (bench/, about five minutes) and write docs/BENCHMARKS.md.
 
 use std::{
     env,
@@ -44,6 +46,12 @@ enum Cmd {
     },
     /// rustfmt --check and clippy --all-targets on the host crates.
     Lint,
+    /// Run the benchmark (as root) and write docs/BENCHMARKS.md; arguments
+    /// after `--` go to tracer-bench (e.g. `-- --quick`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
             status(cmd.args(&args))
         }
         Cmd::Test { filter } => test(&root, filter.as_deref()),
+        Cmd::Bench { args } => bench(&root, &args),
         Cmd::Lint => {
             status(cargo(&root).args(["fmt", "--all", "--", "--check"]))?;
             status(cargo(&root).args([
@@ -89,6 +98,53 @@ fn run(cli: Cli) -> Result<()> {
             ]))
         }
     }
+}
+
+/// bpftrace from Debian's packages, when missing.
+fn ensure_bpftrace() -> Result<()> {
+    if Command::new("bpftrace").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing bpftrace (apt-get)");
+    status(Command::new("apt-get").arg("update"))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "bpftrace"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// bpftrace's classic tracepoints need tracefs, which a fresh machine lacks.
+fn ensure_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: mounting tracefs at /sys/kernel/tracing (bpftrace's tracepoints need it)");
+    status(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs and creates network namespaces: run it as root");
+    }
+    build(root)?;
+    status(cargo(root).args(["build", "--release", "--package", "bench", "--bins"]))?;
+    let no_bpftrace = args.iter().any(|a| a == "--no-bpftrace");
+    if !no_bpftrace {
+        ensure_bpftrace()?;
+        ensure_tracefs()?;
+    }
+    let release = root.join("target/release");
+    let mut cmd = Command::new(release.join("tracer-bench"));
+    cmd.current_dir(root)
+        .arg("--tracer")
+        .arg(release.join("tracer"))
+        .arg("--loadgen")
+        .arg(release.join("loadgen"));
+    if !args.iter().any(|a| a == "--out") {
+        cmd.args(["--out", "docs/BENCHMARKS.md"]);
+    }
+    status(cmd.args(args))
 }
 
 fn workspace_root() -> Result<PathBuf> {
@@ -261,6 +317,8 @@ fn run_tests(cmd: &mut Command, tally: &mut (u64, u64)) -> Result<()> {
 
 fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     build(root)?;
+    // The benchmark harness's tests drive the real load generator binary.
+    status(cargo(root).args(["build", "--release", "--package", "bench", "--bins"]))?;
     let mut failures = Vec::new();
     let mut tally = (0u64, 0u64);
 
