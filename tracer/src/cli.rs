@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Turn on the kernel's BPF run-time statistics while serving (for the
+    /// tcp_tracer_bpf_* cost metrics; needs CAP_SYS_ADMIN). Off by default:
+    /// they time every BPF program on the host, not only ours.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

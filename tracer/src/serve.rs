@@ -31,15 +31,20 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let mut tracer = Tracer::start(args.filter.spec(), false, 4096)?;
     spawn_ebpf_logger(&mut tracer);
-    // Run-time statistics for the health metrics: held for as long as we
-    // serve (needs CAP_SYS_ADMIN; otherwise they count only while
-    // kernel.bpf_stats_enabled=1).
-    let _stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            log::info!("BPF run-time stats not enabled by the exporter ({e}); set kernel.bpf_stats_enabled=1 to get them");
-            None
-        }
+    // Run-time statistics for the cost metrics, only when asked: they time
+    // every BPF program on the host (the benchmarks measured the exporter's
+    // churn cost with them on). Otherwise they count while
+    // kernel.bpf_stats_enabled=1.
+    let _stats = if args.bpf_stats {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
+                anyhow::anyhow!(
+                    "--bpf-stats: enabling BPF run-time statistics (needs CAP_SYS_ADMIN): {e}"
+                )
+            })?,
+        )
+    } else {
+        None
     };
     let held = _stats.is_some();
     let tracer = Arc::new(tracer);
