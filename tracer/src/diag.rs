@@ -49,13 +49,24 @@ pub fn states(list: &[u8]) -> u32 {
 /// All TCP sockets (IPv4 and IPv6) in the given states, in this network namespace.
 pub fn dump(state_mask: u32) -> Result<Vec<DiagSocket>, DiagError> {
     let mut out = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        dump_family(family, state_mask, &mut out)?;
-    }
+    dump_each(state_mask, |s| out.push(s))?;
     Ok(out)
 }
 
-fn dump_family(family: u8, state_mask: u32, out: &mut Vec<DiagSocket>) -> Result<(), DiagError> {
+/// Like `dump`, one socket at a time: a host with a million sockets is
+/// tallied without holding a million records.
+pub fn dump_each(state_mask: u32, mut f: impl FnMut(DiagSocket)) -> Result<(), DiagError> {
+    for family in [AF_INET, AF_INET6] {
+        dump_family(family, state_mask, &mut f)?;
+    }
+    Ok(())
+}
+
+fn dump_family(
+    family: u8,
+    state_mask: u32,
+    out: &mut impl FnMut(DiagSocket),
+) -> Result<(), DiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -97,7 +108,7 @@ fn dump_family(family: u8, state_mask: u32, out: &mut Vec<DiagSocket>) -> Result
                 }
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     let id = &r.header.socket_id;
-                    out.push(DiagSocket {
+                    out(DiagSocket {
                         state: r.header.state,
                         src: id.source_address,
                         sport: id.source_port,

@@ -573,13 +573,14 @@ pub fn classic_text(om: &str) -> String {
 /// for listing the metric names.
 pub fn offline_scrape(snap: Snapshot) -> Scrape {
     static NO_CGROUPS: BTreeMap<u64, String> = BTreeMap::new();
+    let tally = crate::report::SocketTally::new(&snap, (32768, 60999));
     let summary = crate::report::build(
         &snap,
         &crate::report::Context {
             duration_s: 0.0,
             filter: "all TCP".into(),
             top: 10,
-            sockets: &[],
+            sockets: &tally,
             ephemeral: (32768, 60999),
             sysctls: Default::default(),
             pressure_warn_pct: 50.0,

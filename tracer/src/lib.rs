@@ -123,25 +123,35 @@ impl Tracer {
 
     /// The report on a snapshot taken earlier, with the population as of now.
     pub fn summary_of(&self, snap: &Snapshot, opts: &SummaryOptions) -> anyhow::Result<Summary> {
-        let sockets = self.sockets()?;
+        let sysctls = report::Sysctls::read();
+        // Streamed into the tally: no list of every socket on the host.
+        let mut tally = report::SocketTally::new(snap, sysctls.ip_local_port_range);
+        diag::dump_each(diag::population_states(), |s| {
+            if self.filter.matches_socket(&s) {
+                tally.add(&s);
+            }
+        })?;
         let now_ns = monotonic_ns();
         let mut cgroups = cgroup::Resolver::new();
-        let leaks =
-            self.close_wait_leaks(&sockets, now_ns, opts.close_wait_threshold, &mut cgroups)?;
+        let leaks = self.close_wait_leaks(
+            &tally.close_wait,
+            now_ns,
+            opts.close_wait_threshold,
+            &mut cgroups,
+        )?;
         let mut cgroup_paths = BTreeMap::new();
         for (_, f) in &snap.flows {
             if let Some(p) = cgroups.path(f.cgroup_id) {
                 cgroup_paths.insert(f.cgroup_id, p);
             }
         }
-        let sysctls = report::Sysctls::read();
         Ok(report::build(
             snap,
             &report::Context {
                 duration_s: self.started.elapsed().as_secs_f64(),
                 filter: self.filter.describe(),
                 top: opts.top,
-                sockets: &sockets,
+                sockets: &tally,
                 ephemeral: sysctls.ip_local_port_range,
                 sysctls: sysctls.clone(),
                 pressure_warn_pct: opts.pressure_warn_pct,

@@ -1,7 +1,11 @@
 //! The summary report: built from a kernel snapshot and sock_diag
 //! populations, rendered as text or as JSON (schema in README).
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::IpAddr,
+};
 
 use serde::Serialize;
 use tracer_common::{close, counter, dir, hist_kind, state, FlowKey, FlowStats};
@@ -342,8 +346,8 @@ pub struct Context<'a> {
     pub duration_s: f64,
     pub filter: String,
     pub top: usize,
-    /// Sockets from sock_diag, already filtered.
-    pub sockets: &'a [DiagSocket],
+    /// Sockets from sock_diag (filtered like the trace), tallied.
+    pub sockets: &'a SocketTally,
     /// net.ipv4.ip_local_port_range.
     pub ephemeral: (u16, u16),
     pub sysctls: Sysctls,
@@ -374,31 +378,97 @@ fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// How a TIME_WAIT socket is grouped, like the flow it came from: the
-/// remote service when this host connected out, else client address → local
-/// port. sock_diag does not say which side opened: a flow the tracer saw
-/// decides (`active` holds (remote addr, remote port) of outgoing flows,
-/// `passive` (client addr, local port) of accepted ones); otherwise an
-/// ephemeral local port facing a non-ephemeral remote one means outgoing.
-fn population_label(
-    s: &DiagSocket,
-    eph: (u16, u16),
-    active: &std::collections::BTreeSet<(IpAddr, u16)>,
-    passive: &std::collections::BTreeSet<(IpAddr, u16)>,
-) -> String {
-    let in_eph = |p: u16| p >= eph.0 && p <= eph.1;
-    let dst = unmap(s.dst);
-    let outgoing = if active.contains(&(dst, s.dport)) {
-        true
-    } else if passive.contains(&(dst, s.sport)) {
-        false
-    } else {
-        in_eph(s.sport) && !in_eph(s.dport)
-    };
-    if outgoing {
-        endpoint(unmap(s.dst), s.dport)
-    } else {
-        format!("{} -> :{}", unmap(s.dst), s.sport)
+/// The sock_diag population folded as it streams in: what the report needs
+/// from each socket, without holding a million records on a busy host.
+#[derive(Clone, Debug, Default)]
+pub struct SocketTally {
+    pub population: Population,
+    /// TIME_WAIT sockets per peer label (as the flows are labelled).
+    tw_by_peer: BTreeMap<String, u64>,
+    tw_by_laddr: BTreeMap<IpAddr, u64>,
+    /// (local addr, remote addr, remote port) of sockets on ephemeral local
+    /// ports → (TIME_WAIT, ESTABLISHED, other).
+    pressure: BTreeMap<(IpAddr, IpAddr, u16), (u64, u64, u64)>,
+    /// CLOSE_WAIT sockets, kept whole for the leak list.
+    pub close_wait: Vec<DiagSocket>,
+    ephemeral: (u16, u16),
+    active: BTreeSet<(IpAddr, u16)>,
+    passive: BTreeSet<(IpAddr, u16)>,
+}
+
+impl SocketTally {
+    /// An empty tally that labels TIME_WAIT sockets like `snap`'s flows.
+    pub fn new(snap: &Snapshot, ephemeral: (u16, u16)) -> Self {
+        let mut t = SocketTally {
+            ephemeral,
+            ..Default::default()
+        };
+        for (k, _) in &snap.flows {
+            let ip = ip_from_raw(k.family, &k.raddr);
+            if k.dir == dir::ACTIVE {
+                t.active.insert((ip, k.port));
+            } else {
+                t.passive.insert((ip, k.port));
+            }
+        }
+        t
+    }
+
+    /// A tally of a list of sockets.
+    pub fn of(snap: &Snapshot, ephemeral: (u16, u16), sockets: &[DiagSocket]) -> Self {
+        let mut t = Self::new(snap, ephemeral);
+        for s in sockets {
+            t.add(s);
+        }
+        t
+    }
+
+    pub fn add(&mut self, s: &DiagSocket) {
+        self.population.add(s);
+        let (lo, hi) = self.ephemeral;
+        let in_eph = |p: u16| p >= lo && p <= hi;
+        match s.state {
+            state::TIME_WAIT => {
+                *self.tw_by_peer.entry(self.label(s)).or_default() += 1;
+                *self.tw_by_laddr.entry(unmap(s.src)).or_default() += 1;
+            }
+            state::CLOSE_WAIT => self.close_wait.push(s.clone()),
+            _ => {}
+        }
+        if s.state != state::LISTEN && in_eph(s.sport) {
+            let e = self
+                .pressure
+                .entry((unmap(s.src), unmap(s.dst), s.dport))
+                .or_default();
+            match s.state {
+                state::TIME_WAIT => e.0 += 1,
+                state::ESTABLISHED => e.1 += 1,
+                _ => e.2 += 1,
+            }
+        }
+    }
+
+    /// How a TIME_WAIT socket is grouped, like the flow it came from: the
+    /// remote service when this host connected out, else client address →
+    /// local port. sock_diag does not say which side opened: a flow the
+    /// tracer saw decides; otherwise an ephemeral local port facing a
+    /// non-ephemeral remote one means outgoing.
+    fn label(&self, s: &DiagSocket) -> String {
+        let (lo, hi) = self.ephemeral;
+        let in_eph = |p: u16| p >= lo && p <= hi;
+        let dst = unmap(s.dst);
+        let outgoing = if self.active.contains(&(dst, s.dport)) {
+            true
+        } else if self.passive.contains(&(dst, s.sport)) {
+            false
+        } else {
+            in_eph(s.sport) && !in_eph(s.dport)
+        };
+        if outgoing {
+            endpoint(dst, s.dport)
+        } else {
+            format!("{dst} -> :{}", s.sport)
+        }
     }
 }
 
@@ -407,28 +477,10 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     let k = |kind: u8| snap.closes(kind);
     let h = |i: u32| &snap.hists[i as usize];
 
-    let mut active = std::collections::BTreeSet::new();
-    let mut passive = std::collections::BTreeSet::new();
-    for (k, _) in &snap.flows {
-        let ip = ip_from_raw(k.family, &k.raddr);
-        if k.dir == dir::ACTIVE {
-            active.insert((ip, k.port));
-        } else {
-            passive.insert((ip, k.port));
-        }
-    }
-    let mut population = Population::default();
-    let mut by_peer: BTreeMap<String, u64> = BTreeMap::new();
-    let mut tw_by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
-    for s in ctx.sockets {
-        population.add(s);
-        if s.state == state::TIME_WAIT {
-            *by_peer
-                .entry(population_label(s, ctx.ephemeral, &active, &passive))
-                .or_default() += 1;
-            *tw_by_laddr.entry(unmap(s.src)).or_default() += 1;
-        }
-    }
+    let tally = ctx.sockets;
+    let population = tally.population.clone();
+    let by_peer = &tally.tw_by_peer;
+    let tw_by_laddr = &tally.tw_by_laddr;
     let mut now_by_peer: Vec<PopulationRow> = by_peer
         .iter()
         .map(|(peer, count)| PopulationRow {
@@ -624,20 +676,11 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
 fn port_pressure(ctx: &Context) -> PortPressure {
     let (lo, hi) = ctx.ephemeral;
     let range_size = (hi as u64 + 1).saturating_sub(lo as u64).max(1);
-    let mut dests: BTreeMap<(IpAddr, String), (u64, u64, u64)> = BTreeMap::new();
-    for s in ctx.sockets {
-        if s.state == state::LISTEN || s.sport < lo || s.sport > hi {
-            continue;
-        }
-        let e = dests
-            .entry((unmap(s.src), endpoint(unmap(s.dst), s.dport)))
-            .or_default();
-        match s.state {
-            state::TIME_WAIT => e.0 += 1,
-            state::ESTABLISHED => e.1 += 1,
-            _ => e.2 += 1,
-        }
-    }
+    let dests = ctx
+        .sockets
+        .pressure
+        .iter()
+        .map(|((l, r, p), n)| ((*l, endpoint(*r, *p)), *n));
     let mut rows: Vec<PressureRow> = dests
         .into_iter()
         .map(|((laddr, remote), (tw, est, other))| {
@@ -964,7 +1007,7 @@ mod tests {
     use crate::model::Replay;
     use tracer_common::state::*;
 
-    fn ctx(sockets: &[DiagSocket]) -> Context<'_> {
+    fn ctx(sockets: &SocketTally) -> Context<'_> {
         Context {
             duration_s: 1.0,
             filter: "all TCP".into(),
@@ -1003,7 +1046,8 @@ mod tests {
             inode: 0,
             uid: 0,
         };
-        let s = build(&snap, &ctx(std::slice::from_ref(&tw_sock)));
+        let tally = SocketTally::of(&snap, (32768, 60999), std::slice::from_ref(&tw_sock));
+        let s = build(&snap, &ctx(&tally));
         assert_eq!(s.connects.attempts, 4);
         assert_eq!(s.connects.established, 3);
         assert_eq!(s.connects.failed, 1);
@@ -1030,5 +1074,48 @@ mod tests {
         assert_eq!(json["schema"], SCHEMA);
         assert_eq!(json["time_wait"]["entered"], 3);
         assert_eq!(json["top_peers"][0]["established"], 3);
+    }
+
+    #[test]
+    fn port_pressure_counts_ephemeral_sockets_per_destination() {
+        let snap = Snapshot::empty();
+        let sock = |state, sport, dport| DiagSocket {
+            state,
+            src: "10.0.0.9".parse().unwrap(),
+            sport,
+            dst: "10.0.0.1".parse().unwrap(),
+            dport,
+            cookie: 0,
+            inode: 0,
+            uid: 0,
+        };
+        let mut socks = vec![
+            sock(TIME_WAIT, 40000, 80),
+            sock(TIME_WAIT, 40001, 80),
+            sock(ESTABLISHED, 40002, 80),
+            sock(SYN_SENT, 40003, 80),
+            // A server-side socket (local port 80) is not ephemeral pressure.
+            sock(ESTABLISHED, 80, 40004),
+        ];
+        socks.push(sock(CLOSE_WAIT, 40005, 443));
+        let tally = SocketTally::of(&snap, (40000, 40009), &socks);
+        assert_eq!(tally.close_wait.len(), 1);
+        let mut c = ctx(&tally);
+        c.ephemeral = (40000, 40009);
+        c.pressure_warn_pct = 40.0;
+        let s = build(&snap, &c);
+        let pp = &s.port_pressure;
+        assert_eq!(pp.destinations.len(), 2);
+        let r = &pp.destinations[0];
+        assert_eq!(r.remote, "10.0.0.1:80");
+        assert_eq!((r.time_wait, r.established, r.other, r.total), (2, 1, 1, 4));
+        assert_eq!(r.range_size, 10);
+        assert_eq!(r.used_pct, 40.0);
+        assert!(r.warning);
+        assert!(!pp.destinations[1].warning);
+        assert_eq!(pp.warnings.len(), 1);
+        assert!(pp.warnings[0].starts_with("WARNING: 10.0.0.9 -> 10.0.0.1:80 holds 4 of 10"));
+        assert_eq!(s.time_wait.now.time_wait, 2);
+        assert_eq!(s.time_wait.now_by_peer[0].peer, "10.0.0.1:80");
     }
 }
