@@ -235,3 +235,77 @@ fn peer_labels_are_bounded_to_n_plus_other() {
         assert_eq!(n, 4, "{m}");
     }
 }
+
+/// The capabilities the systemd unit and the DaemonSet grant are enough, and
+/// each is needed: as `nobody` with CAP_BPF + CAP_PERFMON the exporter serves
+/// the workload's numbers; without either it exits 1 naming the missing one.
+#[test]
+fn the_deployed_capabilities_are_enough_and_each_is_needed() {
+    let net = Subnet::unique(22);
+    let run = |caps: &str| {
+        let port = free_port();
+        let child = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(tracer_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--addr", &net.cidr(), "--duration", "20s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv");
+        (KillOnDrop(child), port)
+    };
+    for (caps, missing) in [("+bpf", "CAP_PERFMON"), ("+perfmon", "CAP_BPF")] {
+        let (mut guard, _) = run(caps);
+        let status = guard.0.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(guard.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{caps}: {err}");
+        assert!(err.contains(&format!("missing {missing}")), "{caps}: {err}");
+    }
+    let (_guard, port) = run("+bpf,+perfmon");
+    let up = wait_for(Duration::from_secs(20), || {
+        let ok = scrape(port).is_some();
+        (ok, ok)
+    });
+    assert!(up, "the exporter as nobody never answered");
+    let w = Workload {
+        client_closes: 3,
+        refused: 1,
+        ..Default::default()
+    };
+    w.run(net.client(), net.server());
+    let text = wait_for(Duration::from_secs(10), || {
+        let t = scrape(port).unwrap_or_default();
+        (t.contains("tcp_tracer_sockets{state=\"TIME_WAIT\"} 3"), t)
+    });
+    for want in [
+        "tcp_tracer_connect_attempts_total 4",
+        "tcp_tracer_connect_failures_total{reason=\"refused\"} 1",
+        "tcp_tracer_time_wait_entries_total{side=\"active\"} 3",
+        "tcp_tracer_sockets{state=\"TIME_WAIT\"} 3",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(want)),
+            "{want} missing:\n{text}"
+        );
+    }
+}
+
+/// A busy listen address fails before anything is attached.
+#[test]
+fn a_taken_listen_address_fails_clearly() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let before = integration_tests::tracer_program_ids();
+    let out = Command::new(tracer_bin())
+        .args(["serve", "--listen", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("listening on {addr}")), "{err}");
+    assert!(integration_tests::tracer_program_ids().is_subset(&before));
+}
