@@ -21,10 +21,10 @@ use prometheus_client::{
     metrics::MetricType,
     registry::{Registry, Unit},
 };
-use tracer_common::{close, counter, dir, hist, hist_kind, FlowKey};
+use tracer_common::{close, counter, dir, hist, hist_kind};
 
 use crate::{
-    model::{endpoint, group_flows, ip_from_raw, state_name, GroupStats, Histogram, Snapshot},
+    model::{state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
     report::Summary,
 };
@@ -378,20 +378,9 @@ pub fn encode_scrape(
     )?;
 
     // Per peer, bounded.
-    let groups = group_flows(&snap.flows, peer_key, usize::MAX)
+    let groups = crate::report::peer_groups(&snap.flows, usize::MAX)
         .into_iter()
-        .map(|((d, family, raddr, port), g)| {
-            (
-                peer_label(&FlowKey {
-                    raddr,
-                    family,
-                    port,
-                    dir: d,
-                    ..Default::default()
-                }),
-                g,
-            )
-        })
+        .map(|(label, _, g)| (label, g))
         .collect();
     let peers = slots.fold(groups);
     let per_peer = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
@@ -487,21 +476,6 @@ pub fn encode_scrape(
     Ok(())
 }
 
-type PeerKey = (u8, u16, [u8; 16], u16);
-
-fn peer_key(k: &FlowKey, _: &tracer_common::FlowStats) -> PeerKey {
-    (k.dir, k.family, k.raddr, k.port)
-}
-
-fn peer_label(k: &FlowKey) -> String {
-    let ip = ip_from_raw(k.family, &k.raddr);
-    if k.dir == dir::ACTIVE {
-        endpoint(ip, k.port)
-    } else {
-        format!("{ip} -> :{}", k.port)
-    }
-}
-
 /// The collector `Registry` calls at each scrape.
 pub struct LiveCollector {
     pub scrape: Box<dyn Fn() -> anyhow::Result<Scrape> + Send + Sync>,
@@ -572,24 +546,8 @@ pub fn classic_text(om: &str) -> String {
 /// A scrape of `snap` alone: no sockets, no run statistics. For tests and
 /// for listing the metric names.
 pub fn offline_scrape(snap: Snapshot) -> Scrape {
-    static NO_CGROUPS: BTreeMap<u64, String> = BTreeMap::new();
     let tally = crate::report::SocketTally::new(&snap, (32768, 60999));
-    let summary = crate::report::build(
-        &snap,
-        &crate::report::Context {
-            duration_s: 0.0,
-            filter: "all TCP".into(),
-            top: 10,
-            sockets: &tally,
-            ephemeral: (32768, 60999),
-            sysctls: Default::default(),
-            pressure_warn_pct: 50.0,
-            close_wait_leaks: Vec::new(),
-            close_wait_threshold_s: 30.0,
-            now_sec: 0,
-            cgroup_paths: &NO_CGROUPS,
-        },
-    );
+    let summary = crate::report::build(&snap, &crate::report::Context::defaults(&tally));
     Scrape {
         snap,
         summary,

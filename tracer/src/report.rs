@@ -362,13 +362,44 @@ pub struct Context<'a> {
     pub cgroup_paths: &'a BTreeMap<u64, String>,
 }
 
-fn peer_label(k: &FlowKey) -> String {
-    let ip = ip_from_raw(k.family, &k.raddr);
-    if k.dir == dir::ACTIVE {
-        endpoint(ip, k.port)
-    } else {
-        format!("{ip} -> :{}", k.port)
+impl<'a> Context<'a> {
+    /// Default knobs (top 10, Linux's default port range and thresholds),
+    /// no cgroup paths, clock at 0: for reports built without a live system.
+    pub fn defaults(sockets: &'a SocketTally) -> Self {
+        static NO_CGROUPS: BTreeMap<u64, String> = BTreeMap::new();
+        Context {
+            duration_s: 0.0,
+            filter: "all TCP".into(),
+            top: 10,
+            sockets,
+            ephemeral: (32768, 60999),
+            sysctls: Sysctls::default(),
+            pressure_warn_pct: 50.0,
+            close_wait_leaks: Vec::new(),
+            close_wait_threshold_s: 30.0,
+            now_sec: 0,
+            cgroup_paths: &NO_CGROUPS,
+        }
     }
+}
+
+/// Flows grouped by peer — the remote service (`addr:port`) of outgoing
+/// connections, `client -> :local port` of accepted ones — the `top`
+/// largest first: (label, direction, stats). The report's peer table and
+/// the exporter's peer series both come from here.
+pub fn peer_groups(flows: &[(FlowKey, FlowStats)], top: usize) -> Vec<(String, u8, GroupStats)> {
+    group_flows(flows, |k, _| (k.dir, k.family, k.raddr, k.port), top)
+        .into_iter()
+        .map(|((d, family, raddr, port), stats)| {
+            let ip = ip_from_raw(family, &raddr);
+            let label = if d == dir::ACTIVE {
+                endpoint(ip, port)
+            } else {
+                format!("{ip} -> :{port}")
+            };
+            (label, d, stats)
+        })
+        .collect()
 }
 
 fn unmap(ip: IpAddr) -> IpAddr {
@@ -423,10 +454,12 @@ impl SocketTally {
         t
     }
 
+    fn ephemeral(&self, port: u16) -> bool {
+        (self.ephemeral.0..=self.ephemeral.1).contains(&port)
+    }
+
     pub fn add(&mut self, s: &DiagSocket) {
         self.population.add(s);
-        let (lo, hi) = self.ephemeral;
-        let in_eph = |p: u16| p >= lo && p <= hi;
         match s.state {
             state::TIME_WAIT => {
                 *self.tw_by_peer.entry(self.label(s)).or_default() += 1;
@@ -435,7 +468,7 @@ impl SocketTally {
             state::CLOSE_WAIT => self.close_wait.push(s.clone()),
             _ => {}
         }
-        if s.state != state::LISTEN && in_eph(s.sport) {
+        if s.state != state::LISTEN && self.ephemeral(s.sport) {
             let e = self
                 .pressure
                 .entry((unmap(s.src), unmap(s.dst), s.dport))
@@ -454,15 +487,13 @@ impl SocketTally {
     /// tracer saw decides; otherwise an ephemeral local port facing a
     /// non-ephemeral remote one means outgoing.
     fn label(&self, s: &DiagSocket) -> String {
-        let (lo, hi) = self.ephemeral;
-        let in_eph = |p: u16| p >= lo && p <= hi;
         let dst = unmap(s.dst);
         let outgoing = if self.active.contains(&(dst, s.dport)) {
             true
         } else if self.passive.contains(&(dst, s.sport)) {
             false
         } else {
-            in_eph(s.sport) && !in_eph(s.dport)
+            self.ephemeral(s.sport) && !self.ephemeral(s.dport)
         };
         if outgoing {
             endpoint(dst, s.dport)
@@ -506,23 +537,13 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     transitions.sort_by(|a, b| b.count.cmp(&a.count).then(a.from.cmp(b.from)));
 
     let flows = &snap.flows;
-    let top_peers = group_flows(flows, |k, _| (k.dir, k.family, k.raddr, k.port), ctx.top)
+    let top_peers = peer_groups(flows, ctx.top)
         .into_iter()
-        .map(|((d, family, raddr, port), stats)| PeerRow {
-            peer: peer_label(&FlowKey {
-                raddr,
-                family,
-                port,
-                dir: d,
-                ..Default::default()
-            }),
+        .map(|(peer, d, stats)| PeerRow {
+            time_wait_now: by_peer.get(&peer).copied().unwrap_or(0),
+            peer,
             direction: dir_name(d),
-            time_wait_now: 0,
             stats,
-        })
-        .map(|mut row: PeerRow| {
-            row.time_wait_now = by_peer.get(&row.peer).copied().unwrap_or(0);
-            row
         })
         .collect();
     let mut entries_by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
@@ -1008,22 +1029,8 @@ mod tests {
     use tracer_common::state::*;
 
     fn ctx(sockets: &SocketTally) -> Context<'_> {
-        Context {
-            duration_s: 1.0,
-            filter: "all TCP".into(),
-            top: 10,
-            sockets,
-            ephemeral: (32768, 60999),
-            sysctls: Sysctls::default(),
-            pressure_warn_pct: 50.0,
-            close_wait_leaks: Vec::new(),
-            close_wait_threshold_s: 30.0,
-            now_sec: 100,
-            cgroup_paths: &NO_CGROUPS,
-        }
+        Context::defaults(sockets)
     }
-
-    static NO_CGROUPS: BTreeMap<u64, String> = BTreeMap::new();
 
     #[test]
     fn summary_from_replayed_paths() {

@@ -77,34 +77,8 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     }
     let mut printed: u64 = 0;
     let mut bad: u64 = 0;
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
-    let result: io::Result<()> = async {
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                guard = fd.readable_mut() => {
-                    let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        match event::decode(&item) {
-                            Ok(e) => {
-                                event::write(&mut out, &transition(&e), args.json)?;
-                                printed += 1;
-                            }
-                            Err(e) => {
-                                bad += 1;
-                                log::warn!("{e}");
-                            }
-                        }
-                    }
-                    out.flush()?;
-                    guard.clear_ready();
-                }
-            }
-        }
-        // Whatever arrived before the stop.
-        let ring = fd.get_mut();
+    // Print (or count as undecodable) everything in the ring, then flush.
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| -> io::Result<()> {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(e) => {
@@ -118,6 +92,22 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
             }
         }
         out.flush()
+    };
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
+    let result: io::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+            }
+        }
+        // Whatever arrived before the stop.
+        drain(fd.get_mut())
     }
     .await;
     match result {
