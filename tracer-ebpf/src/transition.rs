@@ -159,7 +159,7 @@ fn state_of(t: &Tr) -> Option<&'static mut SockState> {
 #[inline(always)]
 fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
     if st.flags & flag::INIT == 0 {
-        init(stats, st, t);
+        init(st, t);
     }
     if machine::in_owner_context(t.old, t.new) && !st.owner_known() {
         st.set_owner(&current_owner());
@@ -193,7 +193,7 @@ fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
 
 /// First sight of a socket: at its birth, or mid-life (older than the tracer).
 #[inline(never)]
-fn init(stats: &mut Stats, st: &mut SockState, t: &Tr) {
+fn init(st: &mut SockState, t: &Tr) {
     let netns = sock::netns(t.sk);
     let lport = t.ends.lport;
     match machine::birth(t.old, t.new) {
