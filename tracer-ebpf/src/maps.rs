@@ -43,6 +43,11 @@ pub static LISTENERS: HashMap<ListenerKey, Owner> = HashMap::with_max_entries(81
 #[btf_map]
 pub static SOCKS: SkStorage<SockState> = SkStorage::new();
 
+/// A per-CPU stand-in state for a socket that has none (first seen at its
+/// → CLOSE, or no memory for its storage): kept off the 512-byte stack.
+#[map]
+pub static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+
 /// This CPU's stats block.
 #[inline(always)]
 pub fn stats() -> Option<&'static mut Stats> {

@@ -21,7 +21,7 @@ use tracer_common::{
 use crate::{
     filter::{self, Verdict},
     ld, listener,
-    maps::{bump, stats, SOCKS},
+    maps::{bump, stats, SCRATCH, SOCKS},
     output::{self, EventFacts, FlowArgs},
     sock::{self, Ends},
 };
@@ -115,7 +115,6 @@ fn connection(stats: &mut Stats, t: &Tr) {
         count_simple(stats, t.old, t.new);
         return;
     }
-    let mut scratch = SockState::default();
     match state_of(t) {
         Some(st) => on_socket(stats, st, t),
         None => {
@@ -125,7 +124,13 @@ fn connection(stats: &mut Stats, t: &Tr) {
             if t.new != state::CLOSE {
                 bump(stats, counter::INFLIGHT_INSERT_FAILED);
             }
-            on_socket(stats, &mut scratch, t);
+            if let Some(p) = SCRATCH.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, used by this run only.
+                let st = unsafe { &mut *p };
+                st.flags = 0;
+                st.verdict = verdict::UNDECIDED;
+                on_socket(stats, st, t);
+            }
         }
     }
 }
