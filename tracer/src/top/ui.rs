@@ -181,9 +181,22 @@ fn tabs(v: &View) -> Line<'static> {
     Line::from(spans)
 }
 
-fn cells(r: &Row) -> [String; 10] {
+/// `name` cut to `width` columns, keeping its end (the port) visible.
+fn fit(name: &str, width: usize) -> String {
+    let n = name.chars().count();
+    if n <= width || width < 2 {
+        return name.to_string();
+    }
+    let tail: String = name.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+/// Columns the numeric columns and the spacing take.
+const FIXED_WIDTH: u16 = 59;
+
+fn cells(r: &Row, name_width: usize) -> [String; 10] {
     [
-        r.name.clone(),
+        fit(&r.name, name_width),
         rate(r.conn_rate),
         r.established.to_string(),
         r.failed.to_string(),
@@ -224,10 +237,11 @@ fn table(f: &mut Frame, area: Rect, m: &Model, v: &View) {
         Cell::from(line).style(v.style(s))
     });
     let rows = v.rows(m);
+    let name_width = area.width.saturating_sub(FIXED_WIDTH).max(16) as usize;
     let body: Vec<TRow> = rows
         .iter()
         .map(|r| {
-            let c = cells(r);
+            let c = cells(r, name_width);
             let mut out = Vec::with_capacity(c.len());
             for (i, s) in c.into_iter().enumerate() {
                 let line = Line::from(s);
@@ -413,6 +427,12 @@ mod tests {
         assert_eq!(row(&s, "10.0.0.2:81")[3], "1");
         assert!(s.contains("[Peers]"), "{s}");
         assert!(s.contains("q quit"), "{s}");
+    }
+
+    #[test]
+    fn long_names_keep_their_port() {
+        assert_eq!(fit("127.78.250.3 -> :57149", 21), "…7.78.250.3 -> :57149");
+        assert_eq!(fit("10.0.0.1:80", 21), "10.0.0.1:80");
     }
 
     #[test]
