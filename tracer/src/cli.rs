@@ -104,8 +104,9 @@ pub struct RecordArgs {
     /// How often to snapshot the aggregates and the socket population.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub snapshot_every: Duration,
-    /// Ring buffer size in KiB (power of two, ≥ 4).
-    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+    /// Ring buffer size in KiB (power of two, ≥ 4). Larger than the other
+    /// modes' default: the recorder does more per event than printing it.
+    #[arg(long, default_value_t = 16384, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     /// CLOSE_WAIT sockets older than this are recorded as leaks.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -375,6 +376,62 @@ mod tests {
             &["tracer", "serve", "--top-peers", "0"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} should fail");
+        }
+    }
+
+    #[test]
+    fn short_flags_color_and_the_new_commands() {
+        let c = Cli::try_parse_from([
+            "tracer", "events", "-p", "42", "-L", "80", "-D", "443", "-T", "--color", "never",
+        ])
+        .unwrap();
+        let Some(Command::Events(e)) = c.command else {
+            panic!("events")
+        };
+        let f = e.filter.spec();
+        assert_eq!((f.pid, f.lport, f.rport), (Some(42), Some(80), Some(443)));
+        assert!(e.timestamps);
+        assert_eq!(e.color, ColorChoice::Never);
+        assert!(!ColorChoice::Never.enabled() && ColorChoice::Always.enabled());
+        let c = Cli::try_parse_from([
+            "tracer",
+            "record",
+            "-o",
+            "x.rec",
+            "--max-size",
+            "100M",
+            "-D",
+            "5432",
+        ])
+        .unwrap();
+        let Some(Command::Record(r)) = c.command else {
+            panic!("record")
+        };
+        assert_eq!(r.max_size, Some(100 << 20));
+        assert_eq!(r.output, std::path::PathBuf::from("x.rec"));
+        assert_eq!(r.ring_kib, 16384);
+        let c = Cli::try_parse_from(["tracer", "top", "--interval", "2s", "--once", "-p", "1"])
+            .unwrap();
+        let Some(Command::Top(t)) = c.command else {
+            panic!("top")
+        };
+        assert_eq!(
+            (t.interval, t.once, t.filter.pid),
+            (Duration::from_secs(2), true, Some(1))
+        );
+        let c = Cli::try_parse_from(["tracer", "report", "x.rec", "--json"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Report(r)) if r.json));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        for bad in [
+            &["tracer", "record"][..],
+            &["tracer", "record", "-o", "x", "--max-size", "10"],
+            &["tracer", "record", "-o", "x", "--max-size", "5T"],
+            &["tracer", "top", "--interval", "0s"],
+            &["tracer", "events", "--color", "sometimes"],
+            &["tracer", "report"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} should fail");
         }
     }
 }
