@@ -114,7 +114,9 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         },
         t0: Instant::now(),
     };
-    let mut model = Model::new(0.0);
+    // A minute of history for the sparklines.
+    let window = (60.0 / args.interval.as_secs_f64()).ceil() as usize;
+    let mut model = Model::new(0.0).with_window(window.min(3600));
     let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, m: &mut Model| {
         while let Some(item) = ring.next() {
             if let Ok(e) = event::decode(&item) {

@@ -220,7 +220,7 @@ impl Samples {
 /// Most groups whose handshakes are kept per table; later ones share "(other)".
 pub const MAX_GROUPS: usize = 10_000;
 const OTHER: &str = "(other)";
-/// Samples kept for the sparklines.
+/// Samples kept for the sparklines by default (a minute at 1 s).
 pub const HISTORY: usize = 60;
 
 #[derive(Clone)]
@@ -233,6 +233,8 @@ pub struct Model {
     pub tables: [Vec<Row>; 4],
     pub connects_history: VecDeque<u64>,
     pub time_wait_history: VecDeque<u64>,
+    /// How many samples the histories keep.
+    window: usize,
     /// cgroup id → path (from the report inputs), for labels.
     cgroup_paths: BTreeMap<u64, String>,
 }
@@ -273,6 +275,7 @@ impl Default for Model {
             tables: Default::default(),
             connects_history: VecDeque::with_capacity(HISTORY),
             time_wait_history: VecDeque::with_capacity(HISTORY),
+            window: HISTORY,
             cgroup_paths: BTreeMap::new(),
         }
     }
@@ -286,6 +289,12 @@ impl Model {
             prev: Some((t0, Snapshot::empty())),
             ..Default::default()
         }
+    }
+
+    /// Keep `samples` samples for the sparklines (60 s / the interval).
+    pub fn with_window(mut self, samples: usize) -> Self {
+        self.window = samples.max(2);
+        self
     }
 
     /// Take one event's handshake sample into its groups' percentiles.
@@ -365,11 +374,13 @@ impl Model {
             ring_drops: c(snap, counter::RINGBUF_DROPS),
             flow_table_full: c(snap, counter::FLOW_TABLE_FULL),
         };
+        let window = self.window;
         push(
             &mut self.connects_history,
             self.rates.connects.round() as u64,
+            window,
         );
-        push(&mut self.time_wait_history, pop.time_wait);
+        push(&mut self.time_wait_history, pop.time_wait, window);
         let tw_now = inputs.sockets.time_wait_by_peer();
         let paths = &inputs.cgroup_paths;
         let flows = &snap.flows;
@@ -434,8 +445,8 @@ fn labelled<K>(
     groups.into_iter().map(|(k, g)| (label(&k), g)).collect()
 }
 
-fn push(h: &mut VecDeque<u64>, v: u64) {
-    if h.len() == HISTORY {
+fn push(h: &mut VecDeque<u64>, v: u64, window: usize) {
+    while h.len() >= window {
         h.pop_front();
     }
     h.push_back(v);
@@ -540,6 +551,9 @@ mod tests {
         assert_eq!(m.rows(Table::Peers)[0].conn_rate, 0.0);
         assert_eq!(m.connects_history, [3, 0]);
         assert_eq!(m.time_wait_history, [3, 3]);
+        let mut m = m.with_window(2);
+        m.update(4.0, &snap, &inputs(&snap, 5));
+        assert_eq!(m.time_wait_history, [3, 5], "the window slides");
         let procs = m.rows(Table::Processes);
         assert_eq!(procs.len(), 1);
         assert_eq!(procs[0].established, 4);
