@@ -293,6 +293,14 @@ fn max_size_stops_the_recording_cleanly() {
 }
 
 #[test]
+fn an_unwritable_output_fails_before_attaching() {
+    let out = tracer(&["record", "-o", "/nonexistent/dir/x.rec"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("creating /nonexistent/dir/x.rec"), "{err}");
+}
+
+#[test]
 fn replay_refuses_filters() {
     let out = tracer(&["events", "--from", "/nonexistent", "--port", "80"]);
     assert_eq!(out.status.code(), Some(1));

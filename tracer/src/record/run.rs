@@ -77,10 +77,12 @@ enum Stop {
 }
 
 pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
-    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
-    crate::run::spawn_ebpf_logger(&mut tracer);
+    // A bad filter or an unwritable path fails before anything is loaded.
+    args.filter.spec().validate()?;
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    crate::run::spawn_ebpf_logger(&mut tracer);
     let mut w = Writer::new(BufWriter::new(file), &header(&tracer, args))?;
     let ring = tracer.probe.take_events()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
