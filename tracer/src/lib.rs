@@ -11,6 +11,7 @@ pub mod diag;
 pub mod event;
 pub mod export;
 pub mod filter;
+pub mod manual;
 pub mod model;
 pub mod offsets;
 pub mod probe;

@@ -105,9 +105,14 @@ impl NoopProbe {
 
 /// Give the heap the kernel BTF parse used (~20 MB, freed by now) back to
 /// the system, so a long-running collector's resident set stays small.
+/// glibc only: musl (the static release builds) has no malloc_trim, and its
+/// allocator returns freed memory to the system by itself.
 fn release_freed_memory() {
-    // SAFETY: malloc_trim only releases free heap memory; no pointers change.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only releases free heap memory; no pointers change.
+        unsafe { libc::malloc_trim(0) };
+    }
 }
 
 /// Check for the capabilities loading and attaching need, before touching
