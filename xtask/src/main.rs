@@ -14,6 +14,8 @@
 //!   the check of their root filesystem (`image.rs`).
 //! - `install`: the static binary, man pages and completions under /usr/local
 //!   (`--systemd`: the unit too).
+//! - `deb-test`: the .deb installed, run and removed in a fresh debootstrap
+//!   root filesystem.
 //! - `guest-arm64`: the aarch64 binary in Debian's arm64 Linux 6.1 under
 //!   qemu-system-aarch64 (software emulation; `guest_arm64.rs`).
 
@@ -27,6 +29,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod deb_test;
 mod dist;
 mod guest_arm64;
 mod image;
@@ -94,6 +97,9 @@ enum Cmd {
         #[arg(long)]
         systemd: bool,
     },
+    /// Install the host's .deb in a fresh Debian root filesystem
+    /// (debootstrap), run it, remove it (as root).
+    DebTest,
     /// Run the aarch64 static binary in Debian's arm64 Linux 6.1 under
     /// qemu-system-aarch64 (software emulation, several minutes).
     GuestArm64,
@@ -150,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             systemd,
         } => install::install(&root, &prefix, destdir.as_deref(), systemd),
         Cmd::GuestArm64 => guest_arm64::run(&root),
+        Cmd::DebTest => deb_test::run(&root),
         Cmd::LiveCheck { binary } => {
             let bin = match binary {
                 Some(b) => b,
@@ -422,6 +429,24 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     if let Err(e) = run_tests(&mut unit, &mut tally) {
         failures.push(format!("unit tests: {e:#}"));
+    }
+
+    // The release artifacts: static binaries, tarballs, .debs, checksums;
+    // as root, the host's static binary also runs the live exact-count check.
+    if filter.is_none_or(|f| "dist".contains(f)) {
+        let dist_result = dist::dist(root, &arches(&[])?).and_then(|_| {
+            if is_root() {
+                live::check(&dist::Arch::host()?.binary(root))?;
+            }
+            Ok(())
+        });
+        match dist_result {
+            Ok(()) => tally.0 += 1,
+            Err(e) => {
+                tally.1 += 1;
+                failures.push(format!("dist: {e:#}"));
+            }
+        }
     }
 
     if !is_root() {
