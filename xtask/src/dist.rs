@@ -267,12 +267,23 @@ fn ensure_object_is_arch_independent(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `NAME.sha256` for each new artifact; `SHA256SUMS` for every tarball and
+/// package in `dir` (also those of architectures not rebuilt this time).
 fn write_checksums(dir: &Path, artifacts: &[PathBuf]) -> Result<()> {
-    let mut all = String::new();
     for a in artifacts {
-        let line = sha256_line(a)?;
-        fs::write(a.with_file_name(format!("{}.sha256", file_name(a)?)), &line)?;
-        all.push_str(&line);
+        fs::write(
+            a.with_file_name(format!("{}.sha256", file_name(a)?)),
+            sha256_line(a)?,
+        )?;
+    }
+    let mut present: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| file_name(p).is_ok_and(|n| n.ends_with(".tar.gz") || n.ends_with(".deb")))
+        .collect();
+    present.sort();
+    let mut all = String::new();
+    for p in &present {
+        all.push_str(&sha256_line(p)?);
     }
     fs::write(dir.join("SHA256SUMS"), all)?;
     Ok(())
