@@ -146,3 +146,32 @@ fn metric_extraction_finds_every_name() {
         ["tcp_tracer_a_total", "tcp_tracer_b"]
     );
 }
+
+#[test]
+fn daemonset_names_the_image_the_containerfile_builds() {
+    let docs = YamlLoader::load_from_str(&deploy("kubernetes/daemonset.yaml")).unwrap();
+    let c = &docs[0]["spec"]["template"]["spec"]["containers"][0];
+    // `cargo xtask image` tags tcp-tracer:<workspace version>.
+    let want = format!("tcp-tracer:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(c["image"].as_str(), Some(want.as_str()));
+    assert_eq!(c["imagePullPolicy"].as_str(), Some("IfNotPresent"));
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let containerfile = std::fs::read_to_string(root.join("Containerfile")).unwrap();
+    let lines: Vec<&str> = containerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(lines[0], "FROM scratch", "nothing but the static binary");
+    assert!(lines.contains(&"COPY target/dist/linux-${TARGETARCH}/tracer /tracer"));
+    assert!(lines.contains(&"ENTRYPOINT [\"/tracer\"]"));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("RUN")),
+        "no RUN: the arm64 image builds without emulation"
+    );
+    let ignore = std::fs::read_to_string(root.join(".containerignore")).unwrap();
+    for arch in ["amd64", "arm64"] {
+        assert!(ignore.contains(&format!("!target/dist/linux-{arch}/tracer")));
+    }
+}

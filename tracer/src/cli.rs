@@ -8,14 +8,39 @@ use ipnet::IpNet;
 
 use crate::filter::{Family, FilterSpec};
 
+/// The package version and the git commit it was built from ("unknown"
+/// outside git): the same for every architecture (the man pages carry it).
+pub const SOURCE_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TRACER_GIT_COMMIT"),
+    ")"
+);
+
+/// What `tracer --version` prints after the name: [`SOURCE_VERSION`] and the
+/// target the binary was built for.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TRACER_GIT_COMMIT"),
+    ", ",
+    env!("TRACER_TARGET"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tracer",
-    version,
+    version = VERSION,
     about = "Trace every TCP state transition in the kernel (eBPF): handshake latency, TIME_WAIT, resets",
     long_about = "Trace every TCP state transition in the kernel (eBPF tp_btf on \
                   sock:inet_sock_set_state). Without a subcommand, streams events.\n\
-                  Needs root, or CAP_BPF and CAP_PERFMON."
+                  Needs root, or CAP_BPF and CAP_PERFMON.",
+    after_long_help = "Exit status: 0 on success; 2 for a usage error; 1 for any other \
+                       error (invalid filter, missing capabilities, no kernel BTF at \
+                       /sys/kernel/btf/vmlinux, the kernel refused the program).\n\
+                       Environment: RUST_LOG (e.g. RUST_LOG=info) sets the log level, \
+                       default warn."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,6 +66,19 @@ pub enum Command {
     Record(RecordArgs),
     /// Rebuild the summary report from a recording (no root, no BPF).
     Report(ReportArgs),
+    /// Print a shell completion script to stdout (e.g. `tracer completions bash`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (tracer.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,31 +5,19 @@ use tracer::cli::{Cli, Command, EventsArgs};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tracer: error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
+    let command = Cli::parse()
+        .command
+        .unwrap_or_else(|| Command::Events(EventsArgs::default_cli()));
+    let result = match command {
+        Command::Completions { shell } => {
+            tracer::manual::completions(shell, &mut std::io::stdout());
+            Ok(())
         }
+        Command::Man { out_dir } => tracer::manual::write_man_pages(&out_dir)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", out_dir.display())),
+        command => trace(command),
     };
-    let result = rt.block_on(async {
-        match cli
-            .command
-            .unwrap_or_else(|| Command::Events(EventsArgs::default_cli()))
-        {
-            Command::Events(a) => tracer::run::events(&a).await,
-            Command::Summary(a) => tracer::run::summary(&a).await,
-            Command::Serve(a) => tracer::serve::serve(&a).await,
-            Command::Check(a) => tracer::run::check(&a),
-            Command::Top(a) => tracer::top::run(&a).await,
-            Command::Record(a) => tracer::record::run::record(&a).await,
-            Command::Report(a) => tracer::record::run::report(&a),
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,4 +25,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The tracing subcommands, on a single-threaded tokio runtime.
+fn trace(command: Command) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
+    rt.block_on(async {
+        match command {
+            Command::Events(a) => tracer::run::events(&a).await,
+            Command::Summary(a) => tracer::run::summary(&a).await,
+            Command::Serve(a) => tracer::serve::serve(&a).await,
+            Command::Check(a) => tracer::run::check(&a),
+            Command::Top(a) => tracer::top::run(&a).await,
+            Command::Record(a) => tracer::record::run::record(&a).await,
+            Command::Report(a) => tracer::record::run::report(&a),
+            Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        }
+    })
 }

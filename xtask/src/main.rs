@@ -8,6 +8,16 @@
 //! - `lint`: rustfmt check and clippy on the host crates.
 //! - `bench`: build, install bpftrace if absent, run the full benchmark
 //!   (bench/, about five minutes) and write docs/BENCHMARKS.md.
+//! - `dist`: static (musl) x86_64 + aarch64 binaries, tarballs, .debs and
+//!   their checks in target/dist/ (`dist.rs`).
+//! - `image`: the container image(s) from `Containerfile` with podman, and
+//!   the check of their root filesystem (`image.rs`).
+//! - `install`: the static binary, man pages and completions under /usr/local
+//!   (`--systemd`: the unit too).
+//! - `deb-test`: the .deb installed, run and removed in a fresh debootstrap
+//!   root filesystem.
+//! - `guest-arm64`: the aarch64 binary in Debian's arm64 Linux 6.1 under
+//!   qemu-system-aarch64 (software emulation; `guest_arm64.rs`).
 
 use std::{
     env,
@@ -18,6 +28,13 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+
+mod deb_test;
+mod dist;
+mod guest_arm64;
+mod image;
+mod install;
+mod live;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -52,6 +69,53 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Static release binaries, tarballs and .debs in target/dist/, checked.
+    Dist {
+        /// Architectures (x86_64, aarch64); default both.
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<String>,
+    },
+    /// Build the container image with podman (after `dist`) and check its
+    /// root filesystem; `--push REF` pushes the multi-arch manifest.
+    Image {
+        /// Architectures (x86_64, aarch64); default both.
+        #[arg(long, value_delimiter = ',')]
+        arch: Vec<String>,
+        /// Where to push, e.g. docker://registry.example/tcp-tracer:0.1.0.
+        #[arg(long)]
+        push: Option<String>,
+    },
+    /// Install the static binary, man pages and completions (as root).
+    Install {
+        /// Installation prefix.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage below this directory instead of / (packaging, tests).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+        /// Also install the systemd unit into /etc/systemd/system.
+        #[arg(long)]
+        systemd: bool,
+    },
+    /// Install the host's .deb in a fresh Debian root filesystem
+    /// (debootstrap), run it, remove it (as root).
+    DebTest,
+    /// Run the aarch64 static binary in Debian's arm64 Linux 6.1 under
+    /// qemu-system-aarch64 (software emulation, several minutes).
+    GuestArm64,
+    /// Run a static binary on this host through the exact-count check.
+    LiveCheck {
+        /// The binary (default: target/dist/linux-<host>/tracer).
+        binary: Option<PathBuf>,
+    },
+    /// The live check's workload (run inside its network namespace).
+    #[command(hide = true)]
+    LiveLoad {
+        #[arg(long)]
+        connects: u32,
+        #[arg(long)]
+        refused: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +148,23 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Test { filter } => test(&root, filter.as_deref()),
         Cmd::Bench { args } => bench(&root, &args),
+        Cmd::Dist { arch } => dist::dist(&root, &arches(&arch)?).map(drop),
+        Cmd::Image { arch, push } => image::image(&root, &arches(&arch)?, push.as_deref()),
+        Cmd::Install {
+            prefix,
+            destdir,
+            systemd,
+        } => install::install(&root, &prefix, destdir.as_deref(), systemd),
+        Cmd::GuestArm64 => guest_arm64::run(&root),
+        Cmd::DebTest => deb_test::run(&root),
+        Cmd::LiveCheck { binary } => {
+            let bin = match binary {
+                Some(b) => b,
+                None => dist::static_binary(&root, dist::Arch::host()?)?,
+            };
+            live::check(&bin)
+        }
+        Cmd::LiveLoad { connects, refused } => live::load(connects, refused),
         Cmd::Lint => {
             status(cargo(&root).args(["fmt", "--all", "--", "--check"]))?;
             status(cargo(&root).args([
@@ -98,6 +179,14 @@ fn run(cli: Cli) -> Result<()> {
             ]))
         }
     }
+}
+
+/// `--arch` values, default every architecture the release is built for.
+fn arches(names: &[String]) -> Result<Vec<&'static dist::Arch>> {
+    if names.is_empty() {
+        return Ok(dist::ARCHES.iter().collect());
+    }
+    names.iter().map(|n| dist::Arch::by_name(n)).collect()
 }
 
 /// bpftrace from Debian's packages, when missing.
@@ -340,6 +429,27 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     if let Err(e) = run_tests(&mut unit, &mut tally) {
         failures.push(format!("unit tests: {e:#}"));
+    }
+
+    // The release artifacts: static binaries, tarballs, .debs, checksums;
+    // as root, the host's static binary also runs the live exact-count check.
+    if filter.is_none_or(|f| "dist".contains(f)) {
+        // As root: the live check of the host's static binary, and the
+        // aarch64 one in the arm64 6.1 guest (about a minute of emulation).
+        let dist_result = dist::dist(root, &arches(&[])?).and_then(|_| {
+            if is_root() {
+                live::check(&dist::Arch::host()?.binary(root))?;
+                guest_arm64::run(root)?;
+            }
+            Ok(())
+        });
+        match dist_result {
+            Ok(()) => tally.0 += 1,
+            Err(e) => {
+                tally.1 += 1;
+                failures.push(format!("dist: {e:#}"));
+            }
+        }
     }
 
     if !is_root() {
