@@ -106,6 +106,10 @@ mod tests {
                 "tracer-events.1",
                 "tracer-summary.1",
                 "tracer-serve.1",
+                "tracer-check.1",
+                "tracer-top.1",
+                "tracer-record.1",
+                "tracer-report.1",
                 "tracer-completions.1"
             ]
         );
