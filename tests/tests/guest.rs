@@ -9,7 +9,8 @@
 //! packages are downloaded into target/guest/cache). Takes a few minutes:
 //! each program load is ~20 s or more of verifier time under emulation.
 //! `TRACER_SKIP_GUEST=1` skips it (and says so); `TRACER_GUEST_BINARY=PATH`
-//! tests another build of the tracer (e.g. a static one).
+//! tests another build of the tracer (e.g. a static one);
+//! `TRACER_GUEST_KERNEL=RELEASE` boots another Debian kernel package.
 
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ fn linux_6_1_guest_loads_attaches_and_counts_exactly() {
         .map(PathBuf::from)
         .unwrap_or_else(tracer_bin);
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let opts = guest::Options::new(binary, &target);
+    let mut opts = guest::Options::new(binary, &target);
+    opts.kernel = std::env::var("TRACER_GUEST_KERNEL").ok();
     let boot = guest::boot(&opts).expect("booting the 6.1 guest");
     let timings = check::timings(&boot);
     eprintln!("{timings}");

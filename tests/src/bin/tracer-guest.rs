@@ -1,8 +1,9 @@
 //! `cargo xtask guest`: boot Debian 12's Linux 6.1 under qemu, run the
 //! tracer and the known workload in it, print what happened.
 //!
-//! Usage: tracer-guest [--binary PATH] [--keep] [--quiet]
+//! Usage: tracer-guest [--binary PATH] [--kernel RELEASE] [--keep] [--quiet]
 //!   --binary  the tracer to test (default: target/release/tracer)
+//!   --kernel  another Debian kernel (`linux-image-RELEASE`) than the newest 6.1
 //!   --keep    keep target/guest/work (initramfs, console.log) and print
 //!             the qemu command that boots it again
 //!   --quiet   do not copy the console to stderr while it runs
@@ -13,15 +14,19 @@ use integration_tests::guest::{self, check};
 
 fn main() -> ExitCode {
     let mut binary = None;
+    let mut kernel = None;
     let (mut keep, mut quiet) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--binary" => binary = args.next().map(PathBuf::from),
+            "--kernel" => kernel = args.next(),
             "--keep" => keep = true,
             "--quiet" => quiet = true,
             _ => {
-                eprintln!("usage: tracer-guest [--binary PATH] [--keep] [--quiet]");
+                eprintln!(
+                    "usage: tracer-guest [--binary PATH] [--kernel RELEASE] [--keep] [--quiet]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
     }
     let mut opts = guest::Options::new(binary, &target);
     opts.echo = !quiet;
+    opts.kernel = kernel;
     let boot = match guest::boot(&opts) {
         Ok(b) => b,
         Err(e) => {

@@ -503,48 +503,6 @@ fn serve(f: &mut Findings, boot: &Boot, w: &Workload) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snmp_counters_by_name() {
-        let text = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm ActiveOpens PassiveOpens\nTcp: 1 7 6\nUdp: x\nUdp: 1\n";
-        let t = snmp_tcp(text);
-        assert_eq!(t["ActiveOpens"], 7);
-        assert_eq!(t["PassiveOpens"], 6);
-    }
-
-    #[test]
-    fn time_wait_lines_of_both_tables() {
-        let text = "  sl  local_address rem_address   st\n\
-                    0: 0100007F:D4EA 0100007F:1B59 06 00000000:00000000\n\
-                    1: 00000000000000000000000000000000:1B59 00000000000000000000000000000000:0000 0A\n\
-                    2: 0000000000000000FFFF00000100007F:1B5A 0000000000000000FFFF00000100007F:A254 06\n";
-        assert_eq!(time_wait_ports(text), [(0xD4EA, 7001), (7002, 0xA254)]);
-    }
-
-    #[test]
-    fn expected_matrix_counts_ten_transitions_per_connection_and_two_per_refusal() {
-        let w = Workload::default();
-        let m = expected_transitions(&w);
-        let total: i64 = m.values().sum();
-        assert_eq!(total, 10 * w.connections() as i64 + 2 * w.refused as i64);
-        assert_eq!(client_side_transitions(3).values().sum::<i64>(), 15);
-    }
-
-    #[test]
-    fn prometheus_lines_with_and_without_labels() {
-        let text = "# TYPE x counter\ntcp_tracer_connect_attempts_total 2\n\
-                    tcp_tracer_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 3\n";
-        let m = metrics(text);
-        assert_eq!(m[0].0, "tcp_tracer_connect_attempts_total");
-        assert_eq!(m[0].2, 2.0);
-        assert_eq!(m[1].1["to"], "SYN_SENT");
-        assert_eq!(m[1].2, 3.0);
-    }
-}
-
 /// Timings of one boot, for people: boot to /init, each program's load
 /// (wall time from exec to its attached line, and the CPU time it had used
 /// by then, nearly all of it in the verifier), the workload, the whole run.
@@ -588,4 +546,46 @@ pub fn timings(boot: &Boot) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_counters_by_name() {
+        let text = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm ActiveOpens PassiveOpens\nTcp: 1 7 6\nUdp: x\nUdp: 1\n";
+        let t = snmp_tcp(text);
+        assert_eq!(t["ActiveOpens"], 7);
+        assert_eq!(t["PassiveOpens"], 6);
+    }
+
+    #[test]
+    fn time_wait_lines_of_both_tables() {
+        let text = "  sl  local_address rem_address   st\n\
+                    0: 0100007F:D4EA 0100007F:1B59 06 00000000:00000000\n\
+                    1: 00000000000000000000000000000000:1B59 00000000000000000000000000000000:0000 0A\n\
+                    2: 0000000000000000FFFF00000100007F:1B5A 0000000000000000FFFF00000100007F:A254 06\n";
+        assert_eq!(time_wait_ports(text), [(0xD4EA, 7001), (7002, 0xA254)]);
+    }
+
+    #[test]
+    fn expected_matrix_counts_ten_transitions_per_connection_and_two_per_refusal() {
+        let w = Workload::default();
+        let m = expected_transitions(&w);
+        let total: i64 = m.values().sum();
+        assert_eq!(total, 10 * w.connections() as i64 + 2 * w.refused as i64);
+        assert_eq!(client_side_transitions(3).values().sum::<i64>(), 15);
+    }
+
+    #[test]
+    fn prometheus_lines_with_and_without_labels() {
+        let text = "# TYPE x counter\ntcp_tracer_connect_attempts_total 2\n\
+                    tcp_tracer_transitions_total{from=\"CLOSE\",to=\"SYN_SENT\"} 3\n";
+        let m = metrics(text);
+        assert_eq!(m[0].0, "tcp_tracer_connect_attempts_total");
+        assert_eq!(m[0].2, 2.0);
+        assert_eq!(m[1].1["to"], "SYN_SENT");
+        assert_eq!(m[1].2, 3.0);
+    }
 }

@@ -112,7 +112,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -139,7 +139,7 @@ mod tests {
             let data_at = (110 + namesize).div_ceil(4) * 4;
             let data = b[data_at..data_at + size].to_vec();
             let next = (data_at + size).div_ceil(4) * 4;
-            assert_eq!((total - b.len() + next) % 4, 0);
+            assert!((total - b.len() + next).is_multiple_of(4));
             b = &b[next..];
             if name == "TRAILER!!!" {
                 assert!(b.is_empty());

@@ -35,6 +35,9 @@ pub struct Options {
     pub work: PathBuf,
     /// Where downloaded packages are unpacked (kept between runs).
     pub cache: PathBuf,
+    /// A kernel release other than the newest 6.1 (`uname -r` of a Debian
+    /// `linux-image-RELEASE` package, e.g. 6.12.117+deb12-cloud-amd64).
+    pub kernel: Option<String>,
     pub workload: Workload,
     pub runs: Vec<Run>,
     /// qemu is killed after this long.
@@ -55,6 +58,7 @@ impl Options {
             tracer,
             work: target.join("guest/work"),
             cache: target.join("guest/cache"),
+            kernel: None,
             workload: Workload::default(),
             runs: script::runs(),
             timeout: Duration::from_secs(480),
@@ -93,7 +97,7 @@ impl Boot {
 
 /// Everything the boot needs, found or installed, then the boot itself.
 pub fn boot(opts: &Options) -> Result<Boot> {
-    let kernel = setup::kernel(&opts.cache)?;
+    let kernel = setup::kernel(&opts.cache, opts.kernel.as_deref())?;
     let busybox = setup::busybox(&opts.cache)?;
     let qemu = setup::qemu()?;
     std::fs::create_dir_all(&opts.work)?;
@@ -139,13 +143,9 @@ pub fn initramfs(opts: &Options, kernel: &setup::Kernel, busybox: &Path) -> Resu
             c.file(&at, 0o755, &read(&lib)?);
         }
     }
-    for m in kernel.diag_modules() {
-        let name = m.file_name().context("module name")?.to_string_lossy();
-        c.file(
-            &format!("{}/{name}", script::MODULES_DIR),
-            0o644,
-            &read(&m)?,
-        );
+    for (name, m) in setup::DIAG_MODULES.iter().zip(kernel.diag_modules()) {
+        let at = format!("{}/{name}", script::MODULES_DIR);
+        c.file(&at, 0o644, &setup::Kernel::read_module(&m)?);
     }
     Ok(c.finish())
 }

@@ -30,12 +30,42 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Paths of [`DIAG_MODULES`].
+    /// Paths of [`DIAG_MODULES`], each as shipped: `.ko`, or compressed
+    /// `.ko.xz` / `.ko.zst` (newer Debian kernels).
     pub fn diag_modules(&self) -> Vec<PathBuf> {
         DIAG_MODULES
             .iter()
-            .map(|m| self.modules.join(DIAG_DIR).join(m))
+            .map(|m| {
+                let plain = self.modules.join(DIAG_DIR).join(m);
+                ["xz", "zst"]
+                    .iter()
+                    .map(|ext| plain.with_extension(format!("ko.{ext}")))
+                    .find(|p| p.is_file())
+                    .unwrap_or(plain)
+            })
             .collect()
+    }
+
+    /// The module's bytes, decompressed (busybox insmod loads plain ELF).
+    pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+        let tool = match path.extension().and_then(|e| e.to_str()) {
+            Some("xz") => "xz",
+            Some("zst") => "zstd",
+            _ => return std::fs::read(path).with_context(|| format!("reading {}", path.display())),
+        };
+        let out = Command::new(tool)
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .with_context(|| format!("running {tool} -dc (apt-get install {tool})"))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} -dc {} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
     }
 
     fn at(root: &Path, release: &str) -> Option<Kernel> {
@@ -78,20 +108,28 @@ fn newest_in(root: &Path) -> Option<Kernel> {
 
 /// A 6.1 kernel: installed in /boot, else unpacked in `cache`, else the
 /// newest `linux-image-6.1.0-N-cloud-amd64` the registry offers, downloaded
-/// and unpacked into `cache`.
-pub fn kernel(cache: &Path) -> Result<Kernel> {
-    if let Some(k) = newest_in(Path::new("/")) {
-        return Ok(k);
-    }
+/// and unpacked into `cache`. With `release` (e.g. `6.12.117+deb12-cloud-amd64`),
+/// that kernel instead, found or downloaded the same way.
+pub fn kernel(cache: &Path, release: Option<&str>) -> Result<Kernel> {
     let root = cache.join("linux");
-    if let Some(k) = newest_in(&root) {
-        return Ok(k);
-    }
-    let n = newest_package()?;
-    let pkg = format!("linux-image-{}", release_of(n));
+    let release = match release {
+        Some(r) => {
+            if let Some(k) = Kernel::at(Path::new("/"), r).or_else(|| Kernel::at(&root, r)) {
+                return Ok(k);
+            }
+            r.to_string()
+        }
+        None => {
+            if let Some(k) = newest_in(Path::new("/")).or_else(|| newest_in(&root)) {
+                return Ok(k);
+            }
+            release_of(newest_package()?)
+        }
+    };
+    let pkg = format!("linux-image-{release}");
     eprintln!("guest: downloading {pkg} into {}", root.display());
     unpack(&download(&pkg, cache)?, &root)?;
-    Kernel::at(&root, &release_of(n)).with_context(|| {
+    Kernel::at(&root, &release).with_context(|| {
         format!(
             "{pkg} unpacked into {} has no vmlinuz or diag modules",
             root.display()
