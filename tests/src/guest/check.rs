@@ -2,7 +2,7 @@
 //! produce: first the kernel's own view (busybox's results, /proc/net/snmp
 //! deltas, TIME_WAIT sockets in /proc/net/tcp*), then every tracer run.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value;
 
@@ -534,23 +534,55 @@ pub fn timings(boot: &Boot) -> String {
         let load = g("t1")
             .zip(g("t0"))
             .map_or("?".into(), |(a, b)| format!("{:.1} s", a - b));
-        let _ = std::fmt::Write::write_fmt(
-            &mut s,
-            format_args!(
-                "  {:<9} {:<8} load {load} wall, {} s CPU; exit {}\n",
-                r.name,
-                m.get("state").map_or("?", String::as_str),
-                m.get("cpu").map_or("?", String::as_str),
-                m.get("rc").map_or("?", String::as_str),
-            ),
+        let _ = writeln!(
+            s,
+            "  {:<9} {:<8} load {load} wall, {} s CPU by then; exit {}",
+            r.name,
+            m.get("state").map_or("?", String::as_str),
+            m.get("cpu").map_or("?", String::as_str),
+            m.get("rc").map_or("?", String::as_str),
         );
+        let err = boot.section(&format!("{}.err", r.name)).unwrap_or("");
+        if let Some(v) = verifier_stats(err) {
+            let _ = writeln!(s, "            verifier: {v}");
+        }
     }
     s
+}
+
+/// The verifier's statistics lines (`verification time N usec`,
+/// `processed N insns ...`), last occurrence, when the tracer printed them.
+pub fn verifier_stats(stderr: &str) -> Option<String> {
+    let last = |prefix: &str| {
+        stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let time = last("verification time ")
+        .and_then(|t| t.strip_suffix("usec")?.trim().parse::<f64>().ok())
+        .map(|us| format!("{:.1} s verification time", us / 1e6));
+    let insns = last("processed ").map(|p| format!("processed {p}"));
+    match (time, insns) {
+        (None, None) => None,
+        (t, i) => Some([t, i].into_iter().flatten().collect::<Vec<_>>().join(", ")),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verifier_statistics_from_a_rejection() {
+        let err = "tracer: error: ... Too large\nverification time 118209051 usec\n\
+                   stack depth 416+0+96\nprocessed 992609 insns (limit 1000000) max_states_per_insn 105\n";
+        assert_eq!(
+            verifier_stats(err).unwrap(),
+            "118.2 s verification time, processed 992609 insns (limit 1000000) max_states_per_insn 105"
+        );
+        assert_eq!(verifier_stats("Aggregating ..."), None);
+    }
 
     #[test]
     fn snmp_counters_by_name() {

@@ -150,17 +150,28 @@ start() {
   tracer "$@" > /out/$name.out 2> /out/$name.err &
   echo $! > /out/$name.pid
 }
-# ready NAME DEADLINE: wait for the attached line, or the process's death.
-ready() {
+# poll NAME DEADLINE: decide NAME's state once (ready: the attached line;
+# died; timeout), stamping when; until then, note its CPU time (a process
+# that died is reaped by the shell at once, so its last reading is kept).
+poll() {
+  [ -s /out/$1.state ] && return 0
   pid=$(cat /out/$1.pid)
+  c=$(cpu $pid); [ -n "$c" ] && echo $c > /out/$1.cpu
+  if grep -qE "$READY" /out/$1.err; then st=ready
+  elif dead $pid; then st=died
+  elif [ "$(secs)" -ge "$2" ]; then st=timeout
+  else return 1; fi
+  echo $st > /out/$1.state; up > /out/$1.t1
+}
+# ready DEADLINE NAME...: poll them all until each has a state.
+ready() {
+  deadline=$1; shift
   while :; do
-    if grep -qE "$READY" /out/$1.err; then echo ready > /out/$1.state; break; fi
-    if dead $pid; then echo died > /out/$1.state; break; fi
-    if [ "$(secs)" -ge "$2" ]; then echo timeout > /out/$1.state; break; fi
+    pending=0
+    for n in "$@"; do poll $n $deadline || pending=1; done
+    [ $pending = 0 ] && break
     usleep 200000
   done
-  up > /out/$1.t1
-  cpu $pid > /out/$1.cpu
 }
 # stop NAME: SIGINT, wait up to 60 s for the report, then its exit code.
 stop() {
@@ -206,9 +217,8 @@ pub fn init(w: &Workload, runs: &[Run], ready_timeout_s: u64) -> String {
         let _ = writeln!(s, "start {} {}", r.name, shell_words(&r.args));
     }
     let _ = writeln!(s, "deadline=$(( $(secs) + {ready_timeout_s} ))");
-    for r in runs {
-        let _ = writeln!(s, "ready {} $deadline", r.name);
-    }
+    let names: Vec<&str> = runs.iter().map(|r| r.name).collect();
+    let _ = writeln!(s, "ready $deadline {}", names.join(" "));
     workload(&mut s, w);
     for r in runs.iter().filter(|r| r.name != "serve") {
         let _ = writeln!(s, "stop {}", r.name);
@@ -305,10 +315,10 @@ mod tests {
         assert!(text.starts_with("#!/bin/busybox sh\n"));
         for r in runs() {
             assert!(text.contains(&format!("start {} ", r.name)));
-            assert!(text.contains(&format!("ready {} $deadline", r.name)));
             assert!(text.contains(&format!("stop {}", r.name)));
             assert!(text.contains(&format!("meta {}", r.name)));
         }
+        assert!(text.contains("ready $deadline summary events serve\n"));
         assert!(text.contains("start events 'events' '--json' '--rport' '7001'"));
         assert!(text.contains("while [ $i -lt 6 ]; do echo hi | nc 127.0.0.1 7001"));
         assert!(text.trim_end().ends_with("poweroff -f"));
