@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod diag;
+pub mod diag_storage;
 pub mod event;
 pub mod export;
 pub mod filter;
@@ -177,8 +178,13 @@ impl Tracer {
     ) -> anyhow::Result<Vec<CloseWaitLeak>> {
         let uptime_ns = self.started.elapsed().as_nanos() as u64;
         let mut old = Vec::new();
+        let states = if sockets.iter().any(|s| s.state == state::CLOSE_WAIT) {
+            self.close_wait_states()
+        } else {
+            Default::default()
+        };
         for s in sockets.iter().filter(|s| s.state == state::CLOSE_WAIT) {
-            let st = self.probe.inflight(s.cookie)?;
+            let st = states.get(&s.cookie).copied();
             let (age_ns, exact) = match st {
                 Some(st) if st.ts_state != 0 => (now_ns.saturating_sub(st.ts_state), true),
                 _ => (uptime_ns, false),
@@ -224,15 +230,55 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// The kernel side's state of this namespace's CLOSE_WAIT sockets, by
+    /// cookie (empty, with a warning, where sock_diag cannot return it).
+    fn close_wait_states(&self) -> std::collections::HashMap<u64, tracer_common::SockState> {
+        let got = self
+            .probe
+            .socket_storage_fd()
+            .map_err(anyhow::Error::from)
+            .and_then(|fd| {
+                Ok(diag_storage::states_by_cookie(
+                    fd,
+                    diag::states(&[state::CLOSE_WAIT]),
+                )?)
+            });
+        got.unwrap_or_else(|e| {
+            log::warn!("CLOSE_WAIT ages unavailable (sock_diag socket storage): {e:#}");
+            Default::default()
+        })
+    }
+}
+
+/// This process's network namespace inode (sock_diag answers for it).
+pub fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
+}
+
 fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {
     let listeners = diag::dump(diag::states(&[state::LISTEN])).context("sock_diag LISTEN dump")?;
     let inodes: Vec<u32> = listeners.iter().map(|s| s.inode).collect();
     let owners = procs::socket_owners(&inodes);
-    let seeds: Vec<_> = listeners
-        .iter()
-        .map(|s| (s.sport, owners.get(&s.inode).copied().unwrap_or_default()))
-        .collect();
-    probe.seed_listeners(&seeds)?;
+    let netns = own_netns();
+    let mut seeds: BTreeMap<tracer_common::ListenerKey, tracer_common::Owner> = BTreeMap::new();
+    for s in &listeners {
+        let key = tracer_common::ListenerKey {
+            netns,
+            port: s.sport,
+            _pad: 0,
+        };
+        let seed = seeds.entry(key).or_default();
+        if let Some(o) = owners.get(&s.inode) {
+            *seed = tracer_common::Owner {
+                sockets: seed.sockets,
+                ..*o
+            };
+        }
+        seed.sockets += 1;
+    }
+    probe.seed_listeners(&seeds.into_iter().collect::<Vec<_>>())?;
     Ok(())
 }
 
