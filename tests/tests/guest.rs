@@ -37,11 +37,12 @@ fn linux_6_1_guest_loads_attaches_and_counts_exactly() {
     let findings = check::check(&boot, &opts.workload);
     assert!(
         findings.failures.is_empty(),
-        "{} mismatches on {} ({:?}):\n- {}\n\n{timings}\nconsole (full log: {}), last lines:\n{}",
+        "{} mismatches on {} ({:?}):\n- {}\n\nnotes: {:?}\n{timings}\nconsole (full log: {}), last lines:\n{}",
         findings.failures.len(),
         boot.kernel.release,
         opts.workload,
         findings.failures.join("\n- "),
+        findings.notes,
         opts.work.join("console.log").display(),
         boot.tail(60),
     );

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
     } else {
         let _ = std::fs::remove_file(opts.work.join("initramfs.cpio"));
     }
+    for n in &findings.notes {
+        println!("note: {n}");
+    }
     if findings.failures.is_empty() {
         println!("guest: every count matched ({:?})", opts.workload);
         ExitCode::SUCCESS

@@ -15,6 +15,8 @@ use super::{
 #[derive(Default, Debug)]
 pub struct Findings {
     pub failures: Vec<String>,
+    /// What happened that the workload did not plan, but is no failure.
+    pub notes: Vec<String>,
 }
 
 impl Findings {
@@ -48,9 +50,14 @@ pub fn meta_f64(boot: &Boot, run: &str, key: &str) -> Option<f64> {
 
 /// `Tcp:` counters of /proc/net/snmp (a header line, then a value line).
 pub fn snmp_tcp(text: &str) -> BTreeMap<String, i64> {
+    mib(text, "Tcp:")
+}
+
+/// The counters of one `prefix` block of /proc/net/snmp or netstat.
+pub fn mib(text: &str, prefix: &str) -> BTreeMap<String, i64> {
     let rows: Vec<Vec<&str>> = text
         .lines()
-        .filter(|l| l.starts_with("Tcp:"))
+        .filter(|l| l.starts_with(prefix))
         .map(|l| l.split_whitespace().skip(1).collect())
         .collect();
     match rows.as_slice() {
@@ -221,28 +228,74 @@ fn ground_truth(f: &mut Findings, boot: &Boot, w: &Workload) {
         k,
     );
     f.eq("/proc/net/snmp EstabResets delta", delta("EstabResets"), 0);
+    // RSTs beyond the refused connects' are no transition of a full socket
+    // (none is expected): one that kills a TIME_WAIT socket (RFC 1337
+    // assassination, seen once under emulation) lowers the population
+    // below the entries, so the population is then checked as a range.
+    let extra_rsts = delta("OutRsts").map_or(0, |d| d - k);
     let tw = time_wait_ports(boot.section("sockets.after").unwrap_or(""));
     let count = |p: &dyn Fn(&(u16, u16)) -> bool| tw.iter().filter(|x| p(x)).count() as i64;
-    f.eq(
-        "TIME_WAIT sockets in /proc/net/tcp*",
-        tw.len() as i64,
-        n + m + l,
-    );
-    f.eq(
-        "TIME_WAIT clients of :7001",
-        count(&|x| x.1 == script::PORT_CLIENT_CLOSES),
-        n,
-    );
-    f.eq(
-        "TIME_WAIT servers of :7002",
-        count(&|x| x.0 == script::PORT_SERVER_CLOSES),
-        m,
-    );
-    f.eq(
-        "TIME_WAIT IPv6 clients of :7004",
-        count(&|x| x.1 == script::PORT_IPV6),
-        l,
-    );
+    let populations = [
+        (
+            "TIME_WAIT sockets in /proc/net/tcp*",
+            tw.len() as i64,
+            n + m + l,
+        ),
+        (
+            "TIME_WAIT clients of :7001",
+            count(&|x| x.1 == script::PORT_CLIENT_CLOSES),
+            n,
+        ),
+        (
+            "TIME_WAIT servers of :7002",
+            count(&|x| x.0 == script::PORT_SERVER_CLOSES),
+            m,
+        ),
+        (
+            "TIME_WAIT IPv6 clients of :7004",
+            count(&|x| x.1 == script::PORT_IPV6),
+            l,
+        ),
+    ];
+    if extra_rsts <= 0 {
+        f.eq("/proc/net/snmp OutRsts delta", delta("OutRsts"), k);
+        for (what, got, want) in populations {
+            f.eq(what, got, want);
+        }
+        return;
+    }
+    f.notes.push(format!(
+        "{extra_rsts} RST(s) beyond the refused connects' (TcpExt deltas: {}); \
+         TIME_WAIT population checked as a range",
+        mib_deltas(boot, "netstat", "TcpExt:")
+    ));
+    for (what, got, want) in populations {
+        if got > want || got < want - extra_rsts {
+            f.fail(format!(
+                "{what}: {got}, expected {} ..= {want}",
+                want - extra_rsts
+            ));
+        }
+    }
+}
+
+/// Counters of `prefix` that changed between `NAME.before` and `NAME.after`.
+fn mib_deltas(boot: &Boot, name: &str, prefix: &str) -> String {
+    let get = |when: &str| {
+        mib(
+            boot.section(&format!("{name}.{when}")).unwrap_or(""),
+            prefix,
+        )
+    };
+    let (before, after) = (get("before"), get("after"));
+    after
+        .iter()
+        .filter_map(|(k, a)| {
+            let d = a - before.get(k).copied().unwrap_or(0);
+            (d != 0).then(|| format!("{k} +{d}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn json(f: &mut Findings, what: &str, out: &str) -> Option<Value> {
@@ -432,6 +485,8 @@ fn serve(f: &mut Findings, boot: &Boot, w: &Workload) {
         0,
     );
     let all = metrics(text);
+    let tw = time_wait_ports(boot.section("sockets.after").unwrap_or(""));
+    let tw_ipv6 = tw.iter().filter(|x| x.1 == script::PORT_IPV6).count() as i64;
     let sum = |name: &str, labels: &[(&str, &str)]| {
         let full = format!("tcp_tracer_{name}");
         let hits: Vec<f64> = all
@@ -492,9 +547,9 @@ fn serve(f: &mut Findings, boot: &Boot, w: &Workload) {
             l,
         ),
         (
-            "sockets{state=TIME_WAIT}",
+            "sockets{state=TIME_WAIT} vs /proc/net/tcp6",
             sum("sockets", &[("state", "TIME_WAIT")]),
-            l,
+            tw_ipv6,
         ),
         (
             "handshake_duration_seconds_count{side=active}",
@@ -590,6 +645,79 @@ mod tests {
             "118.2 s verification time, processed 992609 insns (limit 1000000) max_states_per_insn 105"
         );
         assert_eq!(verifier_stats("Aggregating ..."), None);
+    }
+
+    /// A boot whose console has the ground-truth sections of `w` with
+    /// `rsts` RSTs sent and `tw` TIME_WAIT servers of :7002.
+    fn fake_boot(w: &Workload, rsts: i64, tw_servers: u64) -> Boot {
+        let snmp = |a: u64, p: u64, f: u64, r: i64| {
+            format!("Tcp: ActiveOpens PassiveOpens AttemptFails EstabResets OutRsts\nTcp: {a} {p} {f} 0 {r}")
+        };
+        let c = w.connections();
+        let mut tcp = String::new();
+        let mut line = |local: u16, remote: u16| {
+            tcp.push_str(&format!(
+                "0: 0100007F:{local:04X} 0100007F:{remote:04X} 06\n"
+            ));
+        };
+        for j in 0..w.client_closes as u16 {
+            line(40000 + j, 7001);
+        }
+        for j in 0..tw_servers as u16 {
+            line(7002, 41000 + j);
+        }
+        for j in 0..w.ipv6 as u16 {
+            line(42000 + j, 7004);
+        }
+        let mut console = String::new();
+        let mut section = |name: &str, body: &str| {
+            console.push_str(&format!("@@@BEGIN {name}\n{body}\n@@@END {name}\n"));
+        };
+        section("snmp.before", &snmp(0, 0, 0, 0));
+        section("snmp.after", &snmp(c + w.refused, c, w.refused, rsts));
+        section("sockets.after", &tcp);
+        section(
+            "echo.client_closes",
+            &"hi\n".repeat(w.client_closes as usize),
+        );
+        section("rc.server_closes", &"0\n".repeat(w.server_closes as usize));
+        section("rc.refused", &"1\n".repeat(w.refused as usize));
+        section("echo.ipv6", &"hi\n".repeat(w.ipv6 as usize));
+        console.push_str("@@@DONE\n");
+        Boot {
+            kernel: super::super::setup::Kernel {
+                release: "test".into(),
+                vmlinuz: "/nonexistent".into(),
+                modules: "/nonexistent".into(),
+            },
+            sections: super::super::sections(&console),
+            completed: true,
+            console,
+            timed_out: false,
+            elapsed: std::time::Duration::ZERO,
+            initramfs_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn ground_truth_is_exact_unless_an_extra_rst_killed_a_time_wait() {
+        let w = Workload::default();
+        let k = w.refused as i64;
+        let mut f = Findings::default();
+        ground_truth(&mut f, &fake_boot(&w, k, w.server_closes), &w);
+        assert!(f.failures.is_empty() && f.notes.is_empty(), "{f:?}");
+        // One TIME_WAIT short without an extra RST: a failure.
+        let mut f = Findings::default();
+        ground_truth(&mut f, &fake_boot(&w, k, w.server_closes - 1), &w);
+        assert_eq!(f.failures.len(), 2, "{f:?}");
+        // With one extra RST: a note, no failure; two short: a failure.
+        let mut f = Findings::default();
+        ground_truth(&mut f, &fake_boot(&w, k + 1, w.server_closes - 1), &w);
+        assert!(f.failures.is_empty(), "{f:?}");
+        assert_eq!(f.notes.len(), 1);
+        let mut f = Findings::default();
+        ground_truth(&mut f, &fake_boot(&w, k + 1, w.server_closes - 2), &w);
+        assert_eq!(f.failures.len(), 2, "{f:?}");
     }
 
     #[test]

@@ -241,7 +241,10 @@ fn workload(s: &mut String, w: &Workload) {
     let lp = |s: &mut String, n: u64, body: &str| {
         let _ = writeln!(s, "i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done");
     };
-    s.push_str("cat /proc/net/snmp > /out/snmp.before\necho workload_start=$(up) >> /out/times\n");
+    s.push_str(
+        "cat /proc/net/snmp > /out/snmp.before\ncat /proc/net/netstat > /out/netstat.before\n\
+         echo workload_start=$(up) >> /out/times\n",
+    );
     lp(
         s,
         w.client_closes,
@@ -267,6 +270,7 @@ fn workload(s: &mut String, w: &Workload) {
         "n=0; while ! settled && [ $n -lt 300 ]; do usleep 100000; n=$((n+1)); done\n\
          echo workload_end=$(up) >> /out/times\n\
          cat /proc/net/snmp > /out/snmp.after\n\
+         cat /proc/net/netstat > /out/netstat.after\n\
          cat /proc/net/tcp /proc/net/tcp6 > /out/sockets.after\n",
     );
 }
@@ -282,6 +286,8 @@ fn report(s: &mut String, runs: &[Run]) {
         "times",
         "snmp.before",
         "snmp.after",
+        "netstat.before",
+        "netstat.after",
         "sockets.after",
         "echo.client_closes",
         "rc.server_closes",
