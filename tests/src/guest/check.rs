@@ -228,6 +228,17 @@ fn ground_truth(f: &mut Findings, boot: &Boot, w: &Workload) {
         k,
     );
     f.eq("/proc/net/snmp EstabResets delta", delta("EstabResets"), 0);
+    // TcpExt "TW" counts TIME_WAIT (and parked FIN_WAIT2) timewait socks
+    // as they are scheduled: the kernel's count of TIME_WAIT entries.
+    let ext = |when: &str| {
+        mib(
+            boot.section(&format!("netstat.{when}")).unwrap_or(""),
+            "TcpExt:",
+        )
+    };
+    let (ext0, ext1) = (ext("before"), ext("after"));
+    let tw_entries = ext1.get("TW").zip(ext0.get("TW")).map(|(a, b)| a - b);
+    f.eq("/proc/net/netstat TcpExt TW delta", tw_entries, n + m + l);
     // RSTs beyond the refused connects' are no transition of a full socket
     // (none is expected): one that kills a TIME_WAIT socket (RFC 1337
     // assassination, seen once under emulation) lowers the population
@@ -354,6 +365,19 @@ fn summary_all(f: &mut Findings, out: &str, boot: &Boot, w: &Workload) {
         f.eq("summary accepts.established vs PassiveOpens", got, kernel);
     }
     let tw_now = time_wait_ports(boot.section("sockets.after").unwrap_or("")).len() as i64;
+    let ext = |when: &str| {
+        mib(
+            boot.section(&format!("netstat.{when}")).unwrap_or(""),
+            "TcpExt:",
+        )
+    };
+    let kernel_tw = ext("after")
+        .get("TW")
+        .zip(ext("before").get("TW"))
+        .map(|(a, b)| a - b);
+    if let (Some(got), Some(kernel)) = (num(&v, "time_wait.entered"), kernel_tw) {
+        f.eq("summary time_wait.entered vs TcpExt TW", got, kernel);
+    }
     for (path, want) in [
         ("connects.attempts", c + k),
         ("connects.established", c),
@@ -675,6 +699,11 @@ mod tests {
         };
         section("snmp.before", &snmp(0, 0, 0, 0));
         section("snmp.after", &snmp(c + w.refused, c, w.refused, rsts));
+        section("netstat.before", "TcpExt: SyncookiesSent TW\nTcpExt: 0 5");
+        section(
+            "netstat.after",
+            &format!("TcpExt: SyncookiesSent TW\nTcpExt: 0 {}", 5 + c),
+        );
         section("sockets.after", &tcp);
         section(
             "echo.client_closes",
