@@ -150,7 +150,9 @@ pub fn check(boot: &Boot, w: &Workload) -> Findings {
             continue;
         }
         let m = meta(boot, name);
-        if m.get("state").map(String::as_str) != Some("ready")
+        // `check` exits by itself; the others run until stopped.
+        let want = if name == "check" { "exited" } else { "ready" };
+        if m.get("state").map(String::as_str) != Some(want)
             || m.get("rc").map(String::as_str) != Some("0")
         {
             let err = boot.section(&format!("{name}.err")).unwrap_or("");
@@ -164,6 +166,7 @@ pub fn check(boot: &Boot, w: &Workload) -> Findings {
         }
         let out = boot.section(&format!("{name}.out")).unwrap_or("");
         match name {
+            "check" => check_run(&mut f, out, boot),
             "summary" => summary_all(&mut f, out, boot, w),
             "events" => events(&mut f, out, boot, w),
             "serve" => serve(&mut f, boot, w),
@@ -171,6 +174,52 @@ pub fn check(boot: &Boot, w: &Workload) -> Findings {
         }
     }
     f
+}
+
+/// `tracer check --json`: every mode loaded, on the booted kernel.
+fn check_run(f: &mut Findings, out: &str, boot: &Boot) {
+    let Some(v) = json(f, "check", out) else {
+        return;
+    };
+    if v["kernel"].as_str() != Some(boot.kernel.release.as_str()) {
+        f.fail(format!(
+            "check ran on {:?}, not {}",
+            v["kernel"], boot.kernel.release
+        ));
+    }
+    let modes = v["modes"].as_array().cloned().unwrap_or_default();
+    if modes.is_empty() {
+        f.fail(format!("check reported no modes: {}", last_chars(out, 500)));
+    }
+    for m in modes {
+        if m["loaded"].as_bool() != Some(true) {
+            f.fail(format!(
+                "check: mode {} did not load: {}",
+                m["mode"], m["error"]
+            ));
+        }
+    }
+}
+
+/// Verified instructions per mode and the deepest stack, from `check`'s JSON.
+pub fn check_figures(boot: &Boot) -> Option<String> {
+    let v: Value = serde_json::from_str(boot.section("check.out")?).ok()?;
+    let mut parts: Vec<String> = v["modes"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} insns verified",
+                m["mode"].as_str().unwrap_or("?"),
+                m["verified_insns"]
+            )
+        })
+        .collect();
+    parts.push(format!(
+        "stack {} bytes {}",
+        v["stack_bytes"], v["stack_frames"]
+    ));
+    Some(parts.join(", "))
 }
 
 fn last_chars(s: &str, n: usize) -> &str {
@@ -632,6 +681,11 @@ pub fn timings(boot: &Boot) -> String {
         let err = boot.section(&format!("{}.err", r.name)).unwrap_or("");
         if let Some(v) = verifier_stats(err) {
             let _ = writeln!(s, "            verifier: {v}");
+        }
+        if r.name == "check" {
+            if let Some(c) = check_figures(boot) {
+                let _ = writeln!(s, "            {c}");
+            }
         }
     }
     s

@@ -74,15 +74,18 @@ pub struct Run {
     pub args: Vec<String>,
 }
 
-/// The runs of one boot: each mode once, two of them filtered. They load
-/// their programs concurrently (each load is ~20 s or more of verifier time
-/// under TCG, so three is the budget) and all see the same workload.
+/// The runs of one boot: `check` (loads both modes, reports the verifier's
+/// figures, exits), then each mode once, two of them filtered. They load
+/// their programs concurrently (each load costs seconds of verifier time
+/// under TCG) and the three modes see the same workload.
 pub fn runs() -> Vec<Run> {
     let run = |name, args: &[&str]| Run {
         name,
         args: args.iter().map(|s| s.to_string()).collect(),
     };
     vec![
+        // Loads each mode, prints the verified instructions, and exits.
+        run("check", &["check", "--json"]),
         run("summary", &["summary", "--json"]),
         run(
             "events",
@@ -159,14 +162,14 @@ start() {
   echo $! > /out/$name.pid
 }
 # poll NAME DEADLINE: decide NAME's state once (ready: the attached line;
-# died; timeout), stamping when; until then, note its CPU time (a process
-# that died is reaped by the shell at once, so its last reading is kept).
+# exited; timeout), stamping when; until then, note its CPU time (a process
+# that exited is reaped by the shell at once, so its last reading is kept).
 poll() {
   [ -s /out/$1.state ] && return 0
   pid=$(cat /out/$1.pid)
   c=$(cpu $pid); [ -n "$c" ] && echo $c > /out/$1.cpu
   if grep -qE "$READY" /out/$1.err; then st=ready
-  elif dead $pid; then st=died
+  elif dead $pid; then st=exited
   elif [ "$(secs)" -ge "$2" ]; then st=timeout
   else return 1; fi
   echo $st > /out/$1.state; up > /out/$1.t1
@@ -334,7 +337,7 @@ mod tests {
             assert!(text.contains(&format!("stop {}", r.name)));
             assert!(text.contains(&format!("meta {}", r.name)));
         }
-        assert!(text.contains("ready $deadline summary events serve\n"));
+        assert!(text.contains("ready $deadline check summary events serve\n"));
         assert!(text.contains("start events 'events' '--json' '--rport' '7001'"));
         assert!(text.contains("while [ $i -lt 6 ]; do echo hi | taskset 1 nc 127.0.0.1 7001"));
         assert!(text.trim_end().ends_with("poweroff -f"));
