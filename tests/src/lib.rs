@@ -13,6 +13,7 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
+pub mod guest;
 pub mod netdelay;
 
 /// A loopback /24 nobody else uses in this run.

@@ -6,6 +6,9 @@
 //! - `run [-- ARGS]`: build, then run the tracer (as root).
 //! - `test`: build, unit tests, then the root integration tests one at a time.
 //! - `lint`: rustfmt check and clippy on the host crates.
+//! - `guest [--binary PATH] [--kernel RELEASE] [--keep]`: boot Debian 12's
+//!   Linux 6.1 under qemu and run the tracer and a known workload in it
+//!   (tests/src/guest; the root test tests/tests/guest.rs does the same).
 //! - `bench`: build, install bpftrace if absent, run the full benchmark
 //!   (bench/, about five minutes) and write docs/BENCHMARKS.md.
 //! - `dist`: static (musl) x86_64 + aarch64 binaries, tarballs, .debs and
@@ -63,6 +66,19 @@ enum Cmd {
     },
     /// rustfmt --check and clippy --all-targets on the host crates.
     Lint,
+    /// Boot Debian 12's Linux 6.1 under qemu (TCG), run the tracer's modes
+    /// on a known workload inside, print the results, timings and mismatches.
+    Guest {
+        /// The tracer binary to test (default: build target/release/tracer).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Another Debian kernel (`linux-image-RELEASE`) than the newest 6.1.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Keep the initramfs and print the qemu command that boots it.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the benchmark (as root) and write docs/BENCHMARKS.md; arguments
     /// after `--` go to tracer-bench (e.g. `-- --quick`).
     Bench {
@@ -165,6 +181,11 @@ fn run(cli: Cli) -> Result<()> {
             live::check(&bin)
         }
         Cmd::LiveLoad { connects, refused } => live::load(connects, refused),
+        Cmd::Guest {
+            binary,
+            kernel,
+            keep,
+        } => guest(&root, binary, kernel, keep),
         Cmd::Lint => {
             status(cargo(&root).args(["fmt", "--all", "--", "--check"]))?;
             status(cargo(&root).args([
@@ -234,6 +255,33 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
         cmd.args(["--out", "docs/BENCHMARKS.md"]);
     }
     status(cmd.args(args))
+}
+
+fn guest(root: &Path, binary: Option<PathBuf>, kernel: Option<String>, keep: bool) -> Result<()> {
+    let binary = match binary {
+        Some(b) => b,
+        None => {
+            build(root)?;
+            root.join("target/release/tracer")
+        }
+    };
+    status(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "integration-tests",
+        "--bin",
+        "tracer-guest",
+    ]))?;
+    let mut cmd = Command::new(root.join("target/release/tracer-guest"));
+    cmd.arg("--binary").arg(binary);
+    if let Some(k) = kernel {
+        cmd.arg("--kernel").arg(k);
+    }
+    if keep {
+        cmd.arg("--keep");
+    }
+    status(&mut cmd)
 }
 
 fn workspace_root() -> Result<PathBuf> {
