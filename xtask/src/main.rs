@@ -520,6 +520,11 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         if let Some(f) = filter {
             it.arg(f);
         }
+        // The 6.1 guest runs the static binary, as a host without our libc would.
+        let static_bin = dist::Arch::host()?.binary(root);
+        if static_bin.is_file() {
+            it.env("TRACER_GUEST_BINARY", &static_bin);
+        }
         if let Err(e) = run_tests(&mut it, &mut tally) {
             failures.push(format!("integration tests: {e:#}"));
         }
