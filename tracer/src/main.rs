@@ -26,6 +26,9 @@ fn main() -> ExitCode {
             Command::Serve(a) => tracer::serve::serve(&a).await,
         }
     });
+    // Do not wait for a scrape still running on the blocking pool: the
+    // process is done, and its report (if any) is written.
+    rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
