@@ -81,11 +81,22 @@ impl Tracer {
     /// Validate the filter, load and attach the programs, and tell them who
     /// owns the listening sockets that already exist.
     pub fn start(filter: FilterSpec, emit_events: bool, ring_bytes: u32) -> anyhow::Result<Self> {
+        Self::start_with_btf(filter, emit_events, ring_bytes, None)
+    }
+
+    /// `start`, reading kernel BTF from `btf_path` when given (`--btf`).
+    pub fn start_with_btf(
+        filter: FilterSpec,
+        emit_events: bool,
+        ring_bytes: u32,
+        btf_path: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         filter.validate()?;
         let opts = ProbeOptions {
             filter: filter.to_kernel(),
             emit_events,
             ring_bytes,
+            btf_path,
             ..Default::default()
         };
         let mut probe = Probe::attach(&opts)?;

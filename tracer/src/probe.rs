@@ -147,6 +147,8 @@ pub struct ProbeOptions {
     pub inflight_entries: u32,
     /// Capacity of the per-flow breakdown table.
     pub flow_entries: u32,
+    /// Kernel BTF to read instead of /sys/kernel/btf/vmlinux.
+    pub btf_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ProbeOptions {
@@ -157,6 +159,7 @@ impl Default for ProbeOptions {
             ring_bytes: 1 << 22,
             inflight_entries: 262_144,
             flow_entries: 16_384,
+            btf_path: None,
         }
     }
 }
@@ -172,12 +175,18 @@ impl Probe {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let offsets = offsets::from_kernel()?;
+        let offsets = match &opts.btf_path {
+            Some(p) => offsets::from_file(p)?,
+            None => offsets::from_kernel()?,
+        };
         let mut filter = opts.filter;
         filter.emit_events = opts.emit_events as u8;
         // One parse of the kernel's BTF serves the loader and the program
         // (aya would otherwise read and parse it twice: start-up time).
-        let btf = Btf::from_sys_fs()?;
+        let btf = match &opts.btf_path {
+            Some(p) => Btf::parse_file(p, aya::Endianness::default())?,
+            None => Btf::from_sys_fs()?,
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)

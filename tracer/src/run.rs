@@ -93,7 +93,12 @@ pub(crate) fn spawn_ebpf_logger(t: &mut Tracer) {
 
 pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    let mut tracer = Tracer::start_with_btf(
+        args.filter.spec(),
+        true,
+        args.ring_kib * 1024,
+        args.filter.btf.clone(),
+    )?;
     spawn_ebpf_logger(&mut tracer);
     let ring = tracer.probe.take_events()?;
     drop_privileges(&tracer, privs::Mode::Events)?;
@@ -167,7 +172,8 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let mut tracer = Tracer::start(args.filter.spec(), false, 4096)?;
+    let mut tracer =
+        Tracer::start_with_btf(args.filter.spec(), false, 4096, args.filter.btf.clone())?;
     spawn_ebpf_logger(&mut tracer);
     drop_privileges(&tracer, privs::Mode::Summary)?;
     match args.duration {
