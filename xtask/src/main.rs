@@ -59,6 +59,9 @@ enum Cmd {
     /// `tracer summary` under `--rate` conn/s for `--minutes`; prints the
     /// fault table.
     Soak {
+        /// Tries per signal and mode in the fault suite.
+        #[arg(long, default_value_t = 50)]
+        tries: u32,
         #[arg(long, default_value_t = 30)]
         minutes: u64,
         #[arg(long, default_value_t = 5000)]
@@ -110,7 +113,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { filter, rounds, .. } => {
             soak::under_load(rounds, || test(&root, filter.as_deref()))
         }
-        Cmd::Soak { minutes, rate } => {
+        Cmd::Soak {
+            tries,
+            minutes,
+            rate,
+        } => {
             if !is_root() {
                 bail!(
                     "the soak loads eBPF programs and creates network namespaces: run it as root"
@@ -118,7 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             build(&root)?;
             status(cargo(&root).args(["build", "--release", "--package", "bench", "--bins"]))?;
-            soak::soak(&root, cargo(&root), minutes, rate)
+            soak::soak(&root, cargo(&root), tries, minutes, rate)
         }
         Cmd::Bench { args } => bench(&root, &args),
         Cmd::Lint => {

@@ -143,6 +143,9 @@ fn long_run(root: &Path, minutes: u64, rate: u64) -> Result<Vec<String>> {
         .context("loadgen")?;
     let mut samples = Vec::new();
     let start = Instant::now();
+    if minutes == 0 {
+        bail!("--minutes must be at least 1");
+    }
     let mut last = usage(pid).context("tracer gone")?;
     for m in 1..=minutes {
         let until = Duration::from_secs(60 * m);
@@ -198,10 +201,11 @@ fn wait_line(child: &mut Child, needle: &str) -> Result<()> {
     bail!("the tracer exited before printing {needle:?}")
 }
 
-/// The whole soak: faults with 50 tries, then the long run; prints the table.
-pub fn soak(root: &Path, cargo: Command, minutes: u64, rate: u64) -> Result<()> {
+/// The whole soak: faults with `tries` per signal and mode, then the long
+/// run; prints the table.
+pub fn soak(root: &Path, cargo: Command, tries: u32, minutes: u64, rate: u64) -> Result<()> {
     let mut cargo = cargo;
-    let mut rows = faults(root, &mut cargo, 50)?;
+    let mut rows = faults(root, &mut cargo, tries)?;
     rows.extend(long_run(root, minutes, rate)?);
     println!("\n| fault | what the tracer did | figure |\n|---|---|---|");
     for r in rows {
