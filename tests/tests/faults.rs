@@ -454,7 +454,11 @@ fn stdout_full_or_closed_ends_the_run_clearly() {
     let err = run.stderr();
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
-    row("stdout full (/dev/full)", "exit 1", err.trim());
+    row(
+        "stdout full (/dev/full)",
+        "exit 1",
+        err.lines().last().unwrap_or_default(),
+    );
 
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader); // nobody will ever read
