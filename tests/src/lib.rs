@@ -27,15 +27,24 @@ pub struct Subnet {
 impl Subnet {
     /// `id` distinguishes tests; the pid distinguishes runs. The second
     /// octet can be pinned with `TRACER_TEST_NET` (e.g. `77` for 127.77.x.x),
-    /// so runs sharing a machine can be kept apart.
+    /// so runs sharing a machine can be kept apart; then the third is the
+    /// first from the usual one on that has no socket at all (a run a minute
+    /// earlier leaves TIME_WAITs behind) and that this process has not taken.
     pub fn unique(id: u8) -> Self {
         let pid = std::process::id();
+        let b = id.wrapping_mul(7).wrapping_add((pid / 200 % 31) as u8);
         let pinned = std::env::var("TRACER_TEST_NET")
             .ok()
             .and_then(|v| v.parse::<u8>().ok());
-        Subnet {
-            a: pinned.unwrap_or(10 + (pid % 200) as u8),
-            b: id.wrapping_mul(7).wrapping_add((pid / 200 % 31) as u8),
+        match pinned {
+            Some(a) => Subnet {
+                a,
+                b: free_third_octet(a, b),
+            },
+            None => Subnet {
+                a: 10 + (pid % 200) as u8,
+                b,
+            },
         }
     }
     pub fn server(&self) -> IpAddr {
@@ -47,6 +56,31 @@ impl Subnet {
     pub fn cidr(&self) -> String {
         format!("127.{}.{}.0/24", self.a, self.b)
     }
+}
+
+/// Third octets handed out by `Subnet::unique` in this process.
+static TAKEN: Mutex<BTreeSet<u8>> = Mutex::new(BTreeSet::new());
+
+/// From `from` on, the first 127.`a`.B.0/24 with no TCP socket at either end
+/// (sock_diag, every state) that this process has not handed out yet.
+fn free_third_octet(a: u8, from: u8) -> u8 {
+    let mut busy = BTreeSet::new();
+    let all_states = (1u32 << 12) - 2;
+    let _ = tracer::diag::dump_each(all_states, |s| {
+        for ip in [s.src, s.dst] {
+            if let IpAddr::V4(v4) = ip {
+                let o = v4.octets();
+                if o[0] == 127 && o[1] == a {
+                    busy.insert(o[2]);
+                }
+            }
+        }
+    });
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    (0..=255u8)
+        .map(|k| from.wrapping_add(k))
+        .find(|b| !busy.contains(b) && taken.insert(*b))
+        .expect("a free /24 in 127.a.0.0/16")
 }
 
 /// Connect from `src` to `dst`, from a local port this process has never
