@@ -5,9 +5,11 @@
 //! never fall inside its filter.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -24,12 +26,26 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    /// `id` distinguishes tests; the pid distinguishes runs.
+    /// `id` distinguishes tests; the pid distinguishes runs. The second
+    /// octet can be pinned with `TRACER_TEST_NET` (e.g. `77` for 127.77.x.x),
+    /// so runs sharing a machine can be kept apart; then the third is the
+    /// first from the usual one on that has no socket at all (a run a minute
+    /// earlier leaves TIME_WAITs behind) and that this process has not taken.
     pub fn unique(id: u8) -> Self {
         let pid = std::process::id();
-        Subnet {
-            a: 10 + (pid % 200) as u8,
-            b: id.wrapping_mul(7).wrapping_add((pid / 200 % 31) as u8),
+        let b = id.wrapping_mul(7).wrapping_add((pid / 200 % 31) as u8);
+        let pinned = std::env::var("TRACER_TEST_NET")
+            .ok()
+            .and_then(|v| v.parse::<u8>().ok());
+        match pinned {
+            Some(a) => Subnet {
+                a,
+                b: free_third_octet(a, b),
+            },
+            None => Subnet {
+                a: 10 + (pid % 200) as u8,
+                b,
+            },
         }
     }
     pub fn server(&self) -> IpAddr {
@@ -43,17 +59,71 @@ impl Subnet {
     }
 }
 
-/// Connect from `src` (port chosen by the kernel) to `dst`.
+/// Third octets handed out by `Subnet::unique` in this process.
+static TAKEN: Mutex<BTreeSet<u8>> = Mutex::new(BTreeSet::new());
+
+/// From `from` on, the first 127.`a`.B.0/24 with no TCP socket at either end
+/// (sock_diag, every state) that this process has not handed out yet.
+fn free_third_octet(a: u8, from: u8) -> u8 {
+    let mut busy = BTreeSet::new();
+    let all_states = (1u32 << 12) - 2;
+    let _ = tracer::diag::dump_each(all_states, |s| {
+        for ip in [s.src, s.dst] {
+            if let IpAddr::V4(v4) = ip {
+                let o = v4.octets();
+                if o[0] == 127 && o[1] == a {
+                    busy.insert(o[2]);
+                }
+            }
+        }
+    });
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    (0..=255u8)
+        .map(|k| from.wrapping_add(k))
+        .find(|b| !busy.contains(b) && taken.insert(*b))
+        .expect("a free /24 in 127.a.0.0/16")
+}
+
+/// Connect from `src` to `dst`, from a local port this process has never
+/// connected from before (see `bind_fresh_port`).
 pub fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    let domain = if dst.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let s = Socket::new(domain, Type::STREAM, None)?;
-    s.bind(&SocketAddr::new(src, 0).into())?;
+    let s = bind_fresh_port(src)?;
     s.connect(&dst.into())?;
     Ok(s.into())
+}
+
+/// Local ports this test process has connected from, per source address.
+static USED_PORTS: Mutex<BTreeMap<IpAddr, BTreeSet<u16>>> = Mutex::new(BTreeMap::new());
+
+/// A socket bound to `src` on a port the kernel chose (bind to port 0) that
+/// this process has not used before. Why: when the server closed first, the
+/// server holds the connection's TIME_WAIT, and a later SYN from the same
+/// client address *and port* ends that TIME_WAIT at once (the kernel accepts a
+/// SYN with a newer timestamp or sequence number in TIME_WAIT and replaces it
+/// with the new connection, RFC 6191; nothing fires on the tracepoint). bind()
+/// picks a random free port, and the client's own socket of that connection is
+/// already gone, so repeats happen: the mixed workload of `tracer.rs` repeated
+/// a port in about 2 runs in 100, idle or loaded, and then had one TIME_WAIT
+/// fewer than it created.
+fn bind_fresh_port(src: IpAddr) -> std::io::Result<Socket> {
+    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let used = used.entry(src).or_default();
+    // A repeated port stays bound here until a fresh one is found, so the
+    // kernel cannot hand it out again meanwhile.
+    let mut held = Vec::new();
+    loop {
+        let s = Socket::new(
+            Domain::for_address(SocketAddr::new(src, 0)),
+            Type::STREAM,
+            None,
+        )?;
+        s.bind(&SocketAddr::new(src, 0).into())?;
+        let port = s.local_addr()?.as_socket().map_or(0, |a| a.port());
+        if used.insert(port) {
+            return Ok(s);
+        }
+        held.push(s);
+    }
 }
 
 /// Abort with RST on close (SO_LINGER 0).

@@ -262,6 +262,9 @@ pub struct FilterArgs {
     /// IPv6 only.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+    /// Kernel BTF to read instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<std::path::PathBuf>,
 }
 
 impl FilterArgs {

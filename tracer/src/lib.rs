@@ -16,6 +16,7 @@ pub mod filter;
 pub mod manual;
 pub mod model;
 pub mod offsets;
+pub mod privs;
 pub mod probe;
 pub mod procs;
 pub mod record;
@@ -46,6 +47,10 @@ pub struct SummaryOptions {
     pub pressure_warn_pct: f64,
     /// CLOSE_WAIT sockets older than this are listed as leaks.
     pub close_wait_threshold: std::time::Duration,
+    /// Name the process holding each CLOSE_WAIT leak (a /proc/*/fd walk) and
+    /// resolve cgroup paths (a walk of the cgroup tree). The exporter's
+    /// metrics need neither, so its scrapes skip both.
+    pub owners: bool,
 }
 
 impl Default for SummaryOptions {
@@ -54,6 +59,7 @@ impl Default for SummaryOptions {
             top: 10,
             pressure_warn_pct: 50.0,
             close_wait_threshold: std::time::Duration::from_secs(30),
+            owners: true,
         }
     }
 }
@@ -80,11 +86,22 @@ impl Tracer {
     /// Validate the filter, load and attach the programs, and tell them who
     /// owns the listening sockets that already exist.
     pub fn start(filter: FilterSpec, emit_events: bool, ring_bytes: u32) -> anyhow::Result<Self> {
+        Self::start_with_btf(filter, emit_events, ring_bytes, None)
+    }
+
+    /// `start`, reading kernel BTF from `btf_path` when given (`--btf`).
+    pub fn start_with_btf(
+        filter: FilterSpec,
+        emit_events: bool,
+        ring_bytes: u32,
+        btf_path: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         filter.validate()?;
         let opts = ProbeOptions {
             filter: filter.to_kernel(),
             emit_events,
             ring_bytes,
+            btf_path,
             ..Default::default()
         };
         let mut probe = Probe::attach(&opts)?;
@@ -153,10 +170,10 @@ impl Tracer {
             &tally.close_wait,
             now_ns,
             opts.close_wait_threshold,
-            &mut cgroups,
+            opts.owners.then_some(&mut cgroups),
         )?;
         let mut cgroup_paths = BTreeMap::new();
-        for (_, f) in &snap.flows {
+        for (_, f) in snap.flows.iter().filter(|_| opts.owners) {
             if let Some(p) = cgroups.path(f.cgroup_id) {
                 cgroup_paths.insert(f.cgroup_id, p);
             }
@@ -179,13 +196,14 @@ impl Tracer {
     /// from the kernel side's time of the ESTABLISHED → CLOSE_WAIT transition;
     /// for sockets that entered CLOSE_WAIT before the tracer started it is
     /// the tracer's uptime, a lower bound. The owner is the process holding
-    /// the socket's fd now (/proc), else the one the kernel side captured.
+    /// the socket's fd now (/proc), else the one the kernel side captured;
+    /// without `cgroups` (owners not wanted) only the captured one, no paths.
     fn close_wait_leaks(
         &self,
         sockets: &[DiagSocket],
         now_ns: u64,
         threshold: std::time::Duration,
-        cgroups: &mut cgroup::Resolver,
+        mut cgroups: Option<&mut cgroup::Resolver>,
     ) -> anyhow::Result<Vec<CloseWaitLeak>> {
         let uptime_ns = self.started.elapsed().as_nanos() as u64;
         let mut old = Vec::new();
@@ -209,7 +227,7 @@ impl Tracer {
             .map(|(s, ..)| s.inode)
             .filter(|i| *i != 0)
             .collect();
-        let holders = if inodes.is_empty() {
+        let holders = if inodes.is_empty() || cgroups.is_none() {
             Default::default()
         } else {
             procs::socket_owners(&inodes)
@@ -232,7 +250,7 @@ impl Tracer {
                     age_s: age_ns as f64 / 1e9,
                     age_exact: exact,
                     cgroup_id,
-                    cgroup: cgroups.path(cgroup_id),
+                    cgroup: cgroups.as_mut().and_then(|c| c.path(cgroup_id)),
                 }
             })
             .collect();

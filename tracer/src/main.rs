@@ -33,7 +33,7 @@ fn trace(command: Command) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the runtime: {e}"))?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         match command {
             Command::Events(a) => tracer::run::events(&a).await,
             Command::Summary(a) => tracer::run::summary(&a).await,
@@ -44,5 +44,9 @@ fn trace(command: Command) -> anyhow::Result<()> {
             Command::Report(a) => tracer::record::run::report(&a),
             Command::Completions { .. } | Command::Man { .. } => Ok(()),
         }
-    })
+    });
+    // Do not wait for a scrape still running on the blocking pool: the
+    // process is done, and its report (if any) is written.
+    rt.shutdown_background();
+    result
 }

@@ -9,8 +9,9 @@ use tracer_common::Offsets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error("cannot read kernel BTF at {path}: {source}")]
-    Read { path: String, source: btf_rs::Error },
+    // `cause`, not `source`: the message already says it, once.
+    #[error("cannot read kernel BTF at {path}: {cause}")]
+    Read { path: String, cause: btf_rs::Error },
     #[error("kernel BTF has no struct `{0}`")]
     NoStruct(String),
     #[error("kernel BTF: struct `{0}` has no field `{1}`")]
@@ -23,15 +24,20 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Offsets of every field the programs read, from the running kernel.
 pub fn from_kernel() -> Result<Offsets, OffsetError> {
+    from_file(std::path::Path::new(VMLINUX_BTF))
+}
+
+/// The same from the BTF at `path` (`--btf`).
+pub fn from_file(path: &std::path::Path) -> Result<Offsets, OffsetError> {
     // mmap and read on demand: parsing the whole ~5 MB vmlinux BTF into the
     // cache took ~0.3 s and ~25 MB of peak RSS for the dozen fields we need
     // (benchmarks, docs/BENCHMARKS.md). Kernels whose sysfs BTF file cannot
     // be mmapped fall back to reading it.
-    let btf = Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
-        .or_else(|_| Btf::from_file(VMLINUX_BTF))
-        .map_err(|source| OffsetError::Read {
-            path: VMLINUX_BTF.into(),
-            source,
+    let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
+        .map_err(|cause| OffsetError::Read {
+            path: path.display().to_string(),
+            cause,
         })?;
     compute(&btf)
 }

@@ -169,6 +169,8 @@ pub struct ProbeOptions {
     pub ring_bytes: u32,
     /// Capacity of the per-flow breakdown table.
     pub flow_entries: u32,
+    /// Kernel BTF to read instead of /sys/kernel/btf/vmlinux.
+    pub btf_path: Option<std::path::PathBuf>,
 }
 
 /// Default ring buffer size (4 MiB; `--ring-kib`).
@@ -183,6 +185,7 @@ impl Default for ProbeOptions {
             emit_events: false,
             ring_bytes: DEFAULT_RING_BYTES,
             flow_entries: DEFAULT_FLOW_ENTRIES,
+            btf_path: None,
         }
     }
 }
@@ -198,12 +201,18 @@ impl Probe {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let offsets = offsets::from_kernel()?;
+        let offsets = match &opts.btf_path {
+            Some(p) => offsets::from_file(p)?,
+            None => offsets::from_kernel()?,
+        };
         let mut filter = opts.filter;
         filter.emit_events = opts.emit_events as u8;
         // One parse of the kernel's BTF serves the loader and the program
         // (aya would otherwise read and parse it twice: start-up time).
-        let btf = Btf::from_sys_fs()?;
+        let btf = match &opts.btf_path {
+            Some(p) => Btf::parse_file(p, aya::Endianness::default())?,
+            None => Btf::from_sys_fs()?,
+        };
         // Wake the reader once a quarter of the ring is pending (it also
         // drains on a timer): one wake-up per burst, not per event.
         let wake_bytes = u64::from(opts.ring_bytes / 4);

@@ -5,30 +5,70 @@ use std::{
     time::Duration,
 };
 
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, Signal, SignalKind},
+};
 use tracer_common::counter;
 
 use crate::{
     cli::{EventsArgs, SummaryArgs},
     event::{self, Clock, Transition},
-    report, Tracer,
+    privs, report, Tracer,
 };
 
-/// Resolves on Ctrl-C, SIGTERM, or after `duration`.
-pub(crate) async fn stop_signal(duration: Option<Duration>) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    let timer = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = timer => {}
+/// SIGINT, SIGTERM and SIGHUP, listened for from the start of a run: one
+/// that arrives while the programs load and attach (seconds on a busy
+/// machine) is kept and ends the run, with its report, as soon as the
+/// tracer is attached. (Installed after attach, such a signal killed the
+/// tracer without a report, or, when it was started with SIGINT ignored as a
+/// non-interactive shell's background jobs are, was lost: the run went on.)
+pub(crate) struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        let on = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| anyhow::anyhow!("installing the {name} handler: {e}"))
+        };
+        Ok(StopSignals {
+            int: on(SignalKind::interrupt(), "SIGINT")?,
+            term: on(SignalKind::terminate(), "SIGTERM")?,
+            hup: on(SignalKind::hangup(), "SIGHUP")?,
+        })
     }
+
+    /// Resolves on a stop signal (also one that came before this call), or
+    /// after `duration`.
+    pub(crate) async fn wait(&mut self, duration: Option<Duration>) {
+        let timer = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+            _ = timer => {}
+        }
+    }
+}
+
+/// Drop the capabilities `mode` no longer needs, now that everything is
+/// attached and open (see `privs`).
+pub(crate) fn drop_privileges(t: &Tracer, mode: privs::Mode) -> anyhow::Result<()> {
+    let d = privs::drop_after_attach(mode, || t.snapshot().is_ok())?;
+    log::info!(
+        "capabilities after attach: {} (before: {})",
+        privs::describe(&d.kept),
+        privs::describe(&d.before)
+    );
+    Ok(())
 }
 
 /// How often live mode drains the ring buffer between wake-ups: the most an
@@ -39,8 +79,15 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.from {
         return crate::record::run::replay_events(args, path);
     }
-    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    let mut signals = StopSignals::install()?;
+    let mut tracer = Tracer::start_with_btf(
+        args.filter.spec(),
+        true,
+        args.ring_kib * 1024,
+        args.filter.btf.clone(),
+    )?;
     let ring = tracer.probe.take_events()?;
+    drop_privileges(&tracer, privs::Mode::Events)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
     // AsyncFd (which owns the RingBuf) lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -87,7 +134,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         }
         out.flush()
     };
-    let stop = stop_signal(args.duration);
+    let stop = signals.wait(args.duration);
     tokio::pin!(stop);
     // The kernel side wakes us only once a quarter of the ring is pending
     // (one wake-up per burst); this timer drains what a quiet period leaves.
@@ -122,7 +169,9 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
-    let tracer = Tracer::start(args.filter.spec(), false, 4096)?;
+    let mut signals = StopSignals::install()?;
+    let tracer = Tracer::start_with_btf(args.filter.spec(), false, 4096, args.filter.btf.clone())?;
+    drop_privileges(&tracer, privs::Mode::Summary)?;
     match args.duration {
         Some(d) => eprintln!(
             "Aggregating TCP state transitions ({}) for {}...",
@@ -134,11 +183,12 @@ pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
             tracer.filter().describe()
         ),
     }
-    stop_signal(args.duration).await;
+    signals.wait(args.duration).await;
     let s = tracer.summary_with(&crate::SummaryOptions {
         top: args.top,
         pressure_warn_pct: args.port_pressure_warn,
         close_wait_threshold: args.close_wait_age,
+        owners: true,
     })?;
     let stdout = io::stdout();
     let mut out = stdout.lock();

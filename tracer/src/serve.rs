@@ -1,35 +1,134 @@
 //! `tracer serve`: the Prometheus exporter's HTTP side (hyper). Each scrape
-//! reads the kernel maps and sock_diag afresh; nothing is cached.
+//! reads the kernel maps and sock_diag afresh; nothing is cached between
+//! scrapes. The scrape runs on tokio's blocking pool, one at a time:
+//! requests that arrive while one is computing share its result, so the
+//! runtime thread only accepts connections and parses requests, and twenty
+//! scrapers cost one scrape.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{body::Bytes, header, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use tokio::sync::{watch, Semaphore};
 
 use crate::{
     cli::ServeArgs,
     export::{self, LiveCollector, PeerSlots, Scrape},
-    run::stop_signal,
+    privs,
+    run::{drop_privileges, StopSignals},
     SummaryOptions, Tracer,
 };
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// A client must send a request's headers within this long of connecting or
+/// of its previous response, else its connection is closed: silent clients
+/// and idle keep-alive connections cannot pile up. Prometheus reconnects at
+/// its next scrape.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's accept queue. With
+/// `HEADER_TIMEOUT`, idle ones free their slot within 10 s.
+pub const MAX_CONNECTIONS: usize = 512;
+
 /// Whether the kernel records BPF run-time statistics right now.
 fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }
 
+/// The OpenMetrics text of one scrape, or why it failed.
+type Rendered = Result<String, String>;
+
+/// One scrape computing at a time; concurrent requests share its result.
+pub struct SingleFlight {
+    compute: Arc<dyn Fn() -> Rendered + Send + Sync>,
+    running: Mutex<Option<watch::Receiver<Option<Arc<Rendered>>>>>,
+}
+
+impl SingleFlight {
+    pub fn new(compute: impl Fn() -> Rendered + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(SingleFlight {
+            compute: Arc::new(compute),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// The result of the scrape running now, or of a new one. The scrape
+    /// runs on the blocking pool in its own task, so a client that goes away
+    /// does not cancel it for the others.
+    pub async fn get(self: &Arc<Self>) -> Arc<Rendered> {
+        let mut rx = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            match &*running {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *running = Some(rx.clone());
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let compute = this.compute.clone();
+                        let r = tokio::task::spawn_blocking(move || compute())
+                            .await
+                            .unwrap_or_else(|e| Err(format!("scrape panicked: {e}")));
+                        // Requests from now on start a fresh scrape.
+                        *this.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        let _ = tx.send(Some(Arc::new(r)));
+                    });
+                    rx
+                }
+            }
+        };
+        let got = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().expect("waited for Some"),
+            Err(_) => Arc::new(Err("scrape task ended without a result".into())),
+        };
+        got
+    }
+}
+
+/// The scrape: kernel maps, sock_diag and run statistics, encoded.
+fn scraper(tracer: Arc<Tracer>, args: &ServeArgs, stats_held: bool) -> Arc<SingleFlight> {
+    let opts = SummaryOptions {
+        top: args.top_peers as usize,
+        close_wait_threshold: args.close_wait_age,
+        // The metrics need no process names or cgroup paths.
+        owners: false,
+        ..Default::default()
+    };
+    let collector = LiveCollector {
+        scrape: Box::new(move || {
+            let snap = tracer.snapshot()?;
+            let summary = tracer.summary_of(&snap, &opts)?;
+            Ok(Scrape {
+                snap,
+                summary,
+                run_stats: tracer.probe.run_stats()?,
+                stats_enabled: stats_held || bpf_stats_enabled(),
+            })
+        }),
+        slots: Mutex::new(PeerSlots::new(args.top_peers as usize)),
+    };
+    let registry: Registry = export::registry(collector);
+    SingleFlight::new(move || {
+        export::openmetrics(&registry)
+            .map_err(|_| "reading the kernel maps failed; see the exporter's log".to_string())
+    })
+}
+
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut signals = StopSignals::install()?;
     // Bind first: a busy address fails before anything is loaded.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let tracer = Tracer::start(args.filter.spec(), false, 4096)?;
+    let tracer = Tracer::start_with_btf(args.filter.spec(), false, 4096, args.filter.btf.clone())?;
     // Run-time statistics for the cost metrics, only when asked: they time
     // every BPF program on the host (the benchmarks measured the exporter's
     // churn cost with them on). Otherwise they count while
@@ -45,83 +144,80 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let held = _stats.is_some();
+    drop_privileges(&tracer, privs::Mode::Serve)?;
     let tracer = Arc::new(tracer);
-    let opts = SummaryOptions {
-        top: args.top_peers as usize,
-        close_wait_threshold: args.close_wait_age,
-        ..Default::default()
-    };
-    let t = tracer.clone();
-    let collector = LiveCollector {
-        scrape: Box::new(move || {
-            let snap = t.snapshot()?;
-            let summary = t.summary_of(&snap, &opts)?;
-            Ok(Scrape {
-                snap,
-                summary,
-                run_stats: t.probe.run_stats()?,
-                stats_enabled: held || bpf_stats_enabled(),
-            })
-        }),
-        slots: std::sync::Mutex::new(PeerSlots::new(args.top_peers as usize)),
-    };
-    let registry = Arc::new(export::registry(collector));
+    let describe = tracer.filter().describe();
+    let flight = scraper(tracer, args, _stats.is_some());
     eprintln!(
-        "Serving Prometheus metrics on http://{}/metrics ({}). Ctrl-C to stop.",
+        "Serving Prometheus metrics on http://{}/metrics ({describe}). Ctrl-C to stop.",
         listener.local_addr()?,
-        tracer.filter().describe()
     );
-    let stop = stop_signal(args.duration);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stop = signals.wait(args.duration);
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let permit = tokio::select! {
             _ = &mut stop => break,
-            conn = listener.accept() => {
-                let (stream, _) = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log::warn!("accept: {e}");
-                        continue;
-                    }
-                };
-                let registry = registry.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let registry = registry.clone();
-                        async move { Ok::<_, Infallible>(respond(&registry, &req)) }
-                    });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await
-                    {
-                        log::debug!("HTTP connection: {e}");
-                    }
-                });
-            }
-        }
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => break,
+            conn = listener.accept() => match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    continue;
+                }
+            },
+        };
+        let flight = flight.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, flight).await;
+            drop(permit);
+        });
     }
     Ok(())
 }
 
-fn respond<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
-    let reply = |status, ctype: &str, body: String| {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, ctype)
-            .body(Full::new(Bytes::from(body)))
-            .expect("valid response")
-    };
+/// One HTTP/1 connection, with the header/idle timeout.
+async fn serve_connection<S>(stream: S, flight: Arc<SingleFlight>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let flight = flight.clone();
+        async move { Ok::<_, Infallible>(respond(&flight, &req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        log::debug!("HTTP connection: {e}");
+    }
+}
+
+fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+async fn respond<B>(flight: &Arc<SingleFlight>, req: &Request<B>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
-            let om = match export::openmetrics(registry) {
-                Ok(t) => t,
-                Err(_) => {
+            let om = match &*flight.get().await {
+                Ok(t) => t.clone(),
+                Err(e) => {
+                    log::error!("scrape failed: {e}");
                     return reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "text/plain",
-                        "reading the kernel maps failed; see the exporter's log\n".into(),
-                    )
+                        format!("{e}\n"),
+                    );
                 }
             };
             let wants_om = req
@@ -141,5 +237,33 @@ fn respond<B>(registry: &Registry, req: &Request<B>) -> Response<Full<Bytes>> {
             "tcp state tracer exporter: metrics at /metrics\n".into(),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_requests_share_one_scrape_and_later_ones_start_another() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let flight = SingleFlight::new(move || {
+            let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(format!("scrape {n}"))
+        });
+        let many: Vec<_> = (0..20)
+            .map(|_| {
+                let f = flight.clone();
+                tokio::spawn(async move { f.get().await })
+            })
+            .collect();
+        for h in many {
+            assert_eq!(h.await.unwrap().as_deref(), Ok("scrape 1"));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(flight.get().await.as_deref(), Ok("scrape 2"));
     }
 }

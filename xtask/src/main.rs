@@ -21,6 +21,11 @@
 //!   root filesystem.
 //! - `guest-arm64`: the aarch64 binary in Debian's arm64 Linux 6.1 under
 //!   qemu-system-aarch64 (software emulation; `guest_arm64.rs`).
+//! - `test --under-load`: `test` three times in a row with stress-ng on
+//!   every CPU; `soak`: the fault suite with 50 tries per fault, then a long
+//!   run at a fixed connection rate (both outside CI; soak.rs).
+
+mod soak;
 
 use std::{
     env,
@@ -63,6 +68,24 @@ enum Cmd {
     Test {
         /// Only the tests whose name contains this (passed to both runs).
         filter: Option<String>,
+        /// Run the suite `--rounds` times in a row with every CPU busy
+        /// (stress-ng, installed from Debian's packages when missing).
+        #[arg(long)]
+        under_load: bool,
+        #[arg(long, default_value_t = 3, requires = "under_load")]
+        rounds: u32,
+    },
+    /// As root, outside CI: the fault suite with 50 tries per fault, then
+    /// `tracer summary` under `--rate` conn/s for `--minutes`; prints the
+    /// fault table.
+    Soak {
+        /// Tries per signal and mode in the fault suite.
+        #[arg(long, default_value_t = 50)]
+        tries: u32,
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
     },
     /// rustfmt --check and clippy --all-targets on the host crates.
     Lint,
@@ -162,7 +185,28 @@ fn run(cli: Cli) -> Result<()> {
             };
             status(cmd.args(&args))
         }
-        Cmd::Test { filter } => test(&root, filter.as_deref()),
+        Cmd::Test {
+            filter,
+            under_load: false,
+            ..
+        } => test(&root, filter.as_deref()),
+        Cmd::Test { filter, rounds, .. } => {
+            soak::under_load(rounds, || test(&root, filter.as_deref()))
+        }
+        Cmd::Soak {
+            tries,
+            minutes,
+            rate,
+        } => {
+            if !is_root() {
+                bail!(
+                    "the soak loads eBPF programs and creates network namespaces: run it as root"
+                );
+            }
+            build(&root)?;
+            status(cargo(&root).args(["build", "--release", "--package", "bench", "--bins"]))?;
+            soak::soak(&root, cargo(&root), tries, minutes, rate)
+        }
         Cmd::Bench { args } => bench(&root, &args),
         Cmd::Dist { arch } => dist::dist(&root, &arches(&arch)?).map(drop),
         Cmd::Image { arch, push } => image::image(&root, &arches(&arch)?, push.as_deref()),

@@ -81,7 +81,13 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     args.filter.spec().validate()?;
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    let mut signals = crate::run::StopSignals::install()?;
+    let mut tracer = Tracer::start_with_btf(
+        args.filter.spec(),
+        true,
+        args.ring_kib * 1024,
+        args.filter.btf.clone(),
+    )?;
     let mut w = Writer::new(BufWriter::new(file), &header(&tracer, args))?;
     let ring = tracer.probe.take_events()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
@@ -92,7 +98,9 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
         top: usize::MAX,
         pressure_warn_pct: args.port_pressure_warn,
         close_wait_threshold: args.close_wait_age,
+        ..SummaryOptions::default()
     };
+    crate::run::drop_privileges(&tracer, crate::privs::Mode::Summary)?;
     eprintln!(
         "Recording TCP state transitions ({}) to {}. Ctrl-C to stop.",
         tracer.filter().describe(),
@@ -121,7 +129,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
         Ok(())
     };
     let full = |w: &Writer<_>| args.max_size.is_some_and(|m| w.written() >= m);
-    let stop = crate::run::stop_signal(None);
+    let stop = signals.wait(None);
     tokio::pin!(stop);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut flush = tokio::time::interval(Duration::from_secs(1));

@@ -92,8 +92,15 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
             "tracer top needs a terminal on stdout; use `tracer top --once` for one frame as text, or `tracer summary`"
         );
     }
-    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    let mut signals = crate::run::StopSignals::install()?;
+    let mut tracer = Tracer::start_with_btf(
+        args.filter.spec(),
+        true,
+        args.ring_kib * 1024,
+        args.filter.btf.clone(),
+    )?;
     let ring = tracer.probe.take_events()?;
+    crate::run::drop_privileges(&tracer, crate::privs::Mode::Serve)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
     // AsyncFd (which owns the RingBuf) lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -136,7 +143,17 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut term = ratatui::try_init()?;
-    let result = interactive(&mut term, &mut fd, &src, &mut model, view, args, drain).await;
+    let result = interactive(
+        &mut term,
+        &mut fd,
+        &src,
+        &mut model,
+        view,
+        args,
+        &mut signals,
+        drain,
+    )
+    .await;
     ratatui::restore();
     result
 }
@@ -154,6 +171,10 @@ fn spawn_input() -> mpsc::UnboundedReceiver<TermEvent> {
     rx
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loop's state, each owned by run(); a struct would only rename them"
+)]
 async fn interactive(
     term: &mut ratatui::DefaultTerminal,
     fd: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
@@ -161,11 +182,12 @@ async fn interactive(
     model: &mut Model,
     mut view: View,
     args: &TopArgs,
+    signals: &mut crate::run::StopSignals,
     drain: impl Fn(&mut aya::maps::RingBuf<aya::maps::MapData>, &mut Model),
 ) -> anyhow::Result<()> {
     let mut input = spawn_input();
     let mut tick = tokio::time::interval(args.interval);
-    let stop = crate::run::stop_signal(args.duration);
+    let stop = signals.wait(args.duration);
     tokio::pin!(stop);
     // The model shown while paused.
     let mut shown: Option<Model> = None;

@@ -1,0 +1,577 @@
+//! Faults, injected into the real binary: stop signals at random moments in
+//! every mode, SIGKILL, missing or garbage kernel BTF, stdout full or
+//! closed, and the capabilities left after attach. Each test prints its rows
+//! of the fault table (`FAULT | fault | what the tracer did | figure`);
+//! `cargo xtask soak` collects them. `FAULT_TRIES` sets the tries per mode
+//! and signal (default 1; the soak runs 50).
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read},
+    net::{SocketAddr, TcpListener},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    connect_from, ensure_debian_package, tracer_bin, wait_for, KillOnDrop, Subnet,
+};
+
+const MODES: [&str; 3] = ["events", "summary", "serve"];
+/// A stop signal must end the run this soon after it is sent, or after the
+/// tracer is attached when it was sent earlier.
+const STOP_BUDGET: Duration = Duration::from_secs(2);
+
+fn row(fault: &str, behaviour: &str, figure: &str) {
+    println!("FAULT | {fault} | {behaviour} | {figure}");
+}
+
+fn tries() -> u32 {
+    std::env::var("FAULT_TRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The line each mode prints once attached (and after dropping privileges).
+fn ready_line(mode: &str) -> &'static str {
+    match mode {
+        "events" => "Tracing TCP state transitions",
+        "summary" => "Aggregating TCP state transitions",
+        _ => "Serving Prometheus metrics",
+    }
+}
+
+fn mode_args(mode: &str, net: &Subnet) -> Vec<String> {
+    let mut a = vec![mode.to_string(), "--addr".into(), net.cidr()];
+    if mode == "serve" {
+        let l = TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        a.extend(["--listen".into(), addr.to_string()]);
+    }
+    a
+}
+
+/// A running tracer whose stderr lines are stamped as they arrive, whose
+/// stdout is collected, and whose BPF program and link ids (from
+/// /proc/PID/fdinfo) are recorded while it lives.
+struct Run {
+    child: KillOnDrop,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    stderr_closed: Arc<AtomicBool>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    ids: Arc<Mutex<BpfIds>>,
+}
+
+#[derive(Default, Debug, Clone)]
+struct BpfIds {
+    progs: BTreeSet<u32>,
+    links: BTreeSet<u32>,
+}
+
+fn fdinfo_ids(pid: u32, into: &mut BpfIds) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for l in text.lines() {
+            let mut kv = l.split(':').map(str::trim);
+            match (kv.next(), kv.next().and_then(|v| v.parse::<u32>().ok())) {
+                (Some("prog_id"), Some(id)) => {
+                    into.progs.insert(id);
+                }
+                (Some("link_id"), Some(id)) => {
+                    into.links.insert(id);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Run {
+    fn start(args: &[String], configure: impl FnOnce(&mut Command)) -> Run {
+        let mut cmd = Command::new(tracer_bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("tracer");
+        let pid = child.id();
+        let lines: Arc<Mutex<Vec<(Instant, String)>>> = Default::default();
+        let err = child.stderr.take().unwrap();
+        let l = lines.clone();
+        let stderr_closed = Arc::new(AtomicBool::new(false));
+        let closed = stderr_closed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+            closed.store(true, Ordering::SeqCst);
+        });
+        let stdout = child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = out.read_to_string(&mut s);
+                s
+            })
+        });
+        let ids: Arc<Mutex<BpfIds>> = Default::default();
+        let i = ids.clone();
+        std::thread::spawn(move || {
+            while Path::new(&format!("/proc/{pid}/fdinfo")).exists() {
+                fdinfo_ids(pid, &mut i.lock().unwrap());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Run {
+            child: KillOnDrop(child),
+            lines,
+            stderr_closed,
+            stdout,
+            ids,
+        }
+    }
+
+    /// Wait until SIGINT, SIGTERM and SIGHUP are caught (SigCgt): from then
+    /// on a stop signal is handled. Before, in the first milliseconds after
+    /// exec, the default action applies (the process dies, nothing loaded).
+    fn wait_handlers(&self) {
+        let want = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+            .iter()
+            .fold(0u64, |m, s| m | 1 << (s - 1));
+        wait_for(Duration::from_secs(10), || {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+            let cgt = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+            (cgt & want == want, ())
+        });
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// When a line containing `needle` arrived: waits until it does or the
+    /// stderr pipe closes (the verifier alone took 45 s on a loaded machine,
+    /// so no fixed wait is long enough; `timeout` only bounds a hang).
+    fn line_at(&self, needle: &str, timeout: Duration) -> Option<Instant> {
+        wait_for(timeout, || {
+            let at = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+                .map(|(t, _)| *t);
+            (
+                at.is_some() || self.stderr_closed.load(Ordering::SeqCst),
+                at,
+            )
+        })
+    }
+
+    fn stderr(&self) -> String {
+        let l = self.lines.lock().unwrap();
+        l.iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Wait for exit (up to `timeout`): status code (None: killed/still running), when.
+    fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Instant) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.0.try_wait().unwrap() {
+                return (st.code(), Instant::now());
+            }
+            if Instant::now() > deadline {
+                return (None, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stdout(&mut self) -> String {
+        self.stdout
+            .take()
+            .map_or_else(String::new, |h| h.join().unwrap())
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill() on our own child's pid; no memory is involved.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Program and link ids among `ids` that the kernel still has, after waiting
+/// for it to free them (it does so after an RCU grace period), per bpftool.
+fn left_behind(ids: &BpfIds) -> BpfIds {
+    ensure_debian_package("bpftool", "bpftool").expect("bpftool");
+    let alive = |kind: &str, id: u32| {
+        Command::new("bpftool")
+            .args([kind, "show", "id", &id.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    wait_for(Duration::from_secs(10), || {
+        let left = BpfIds {
+            progs: ids
+                .progs
+                .iter()
+                .copied()
+                .filter(|i| alive("prog", *i))
+                .collect(),
+            links: ids
+                .links
+                .iter()
+                .copied()
+                .filter(|i| alive("link", *i))
+                .collect(),
+        };
+        (left.progs.is_empty() && left.links.is_empty(), left)
+    })
+}
+
+/// Loopback connections in `net`, one after another, until stopped: the
+/// burst the signals land in.
+fn churn(net: Subnet, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let l = TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let c = connect_from(net.client(), addr).unwrap();
+            let (a, _) = l.accept().unwrap();
+            drop(c);
+            drop(a);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        n
+    })
+}
+
+/// A cheap pseudo-random number (the moments need no crypto).
+fn jitter(seed: &mut u64, max_ms: u64) -> Duration {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    Duration::from_millis((*seed >> 33) % max_ms)
+}
+
+/// What each mode leaves to show it stopped properly.
+fn assert_report(mode: &str, stdout: &str, stderr: &str) {
+    match mode {
+        "summary" => assert!(stdout.contains("TCP state summary"), "{stdout}\n{stderr}"),
+        "events" => assert!(stderr.contains("events printed"), "{stderr}"),
+        _ => {}
+    }
+}
+
+#[test]
+fn stop_signals_at_random_moments_in_every_mode() {
+    let net = Subnet::unique(50);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = churn(net, stop.clone());
+    let mut seed = u64::from(std::process::id());
+    for mode in MODES {
+        for (sig, name) in [
+            (libc::SIGINT, "SIGINT"),
+            (libc::SIGTERM, "SIGTERM"),
+            (libc::SIGHUP, "SIGHUP"),
+        ] {
+            let (mut worst, mut observed) = (Duration::ZERO, 0);
+            for _ in 0..tries() {
+                let mut run = Run::start(&mode_args(mode, &net), |_| {});
+                run.wait_handlers();
+                // Anywhere from during attach to well after it.
+                std::thread::sleep(jitter(&mut seed, 1500));
+                let sent = Instant::now();
+                signal(run.pid(), sig);
+                let ready = run.line_at(ready_line(mode), Duration::from_secs(600));
+                let (code, exited) = run.wait_exit(Duration::from_secs(600));
+                let stderr = run.stderr();
+                assert_eq!(code, Some(0), "{mode} {name}: {stderr}");
+                let from = ready.map_or(sent, |r| r.max(sent));
+                let took = exited.saturating_duration_since(from);
+                assert!(took <= STOP_BUDGET, "{mode} {name}: stopped {took:?} after");
+                worst = worst.max(took);
+                assert_report(mode, &run.stdout(), &stderr);
+                let ids = run.ids.lock().unwrap().clone();
+                observed += u32::from(!ids.progs.is_empty());
+                let left = left_behind(&ids);
+                assert!(left.progs.is_empty() && left.links.is_empty(), "{left:?}");
+            }
+            row(
+                &format!("{name} at a random moment, {mode}"),
+                "exit 0 with its report",
+                &format!(
+                    "{} tries, slowest stop {} ms, 0 programs/links left ({observed} runs' ids checked with bpftool)",
+                    tries(),
+                    worst.as_millis()
+                ),
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+}
+
+/// Started with SIGINT ignored (as a non-interactive shell starts background
+/// jobs), a SIGINT sent while the programs load still stops the run.
+#[test]
+fn a_sigint_during_attach_is_kept_even_when_started_ignored() {
+    let net = Subnet::unique(51);
+    for mode in MODES {
+        let mut run = Run::start(&mode_args(mode, &net), |c| {
+            // SAFETY: the closure runs in the child between fork and exec and
+            // only calls signal(), which is async-signal-safe.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        });
+        run.wait_handlers();
+        let sent = Instant::now();
+        signal(run.pid(), libc::SIGINT);
+        let ready = run
+            .line_at(ready_line(mode), Duration::from_secs(600))
+            .expect("attached");
+        let (code, exited) = run.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, Some(0), "{mode}: {}", run.stderr());
+        assert!(sent < ready, "the signal was sent during attach");
+        let took = exited.saturating_duration_since(ready);
+        assert!(took <= STOP_BUDGET, "{mode}: stopped {took:?} after attach");
+        row(
+            &format!("SIGINT during attach, SIGINT ignored at exec, {mode}"),
+            "kept; stops once attached",
+            &format!("stopped {} ms after attach", took.as_millis()),
+        );
+    }
+}
+
+#[test]
+fn sigkill_leaves_no_program_or_link() {
+    let net = Subnet::unique(52);
+    for mode in MODES {
+        let mut run = Run::start(&mode_args(mode, &net), |_| {});
+        run.line_at(ready_line(mode), Duration::from_secs(600))
+            .expect("attached");
+        let ids = wait_for(Duration::from_secs(5), || {
+            let i = run.ids.lock().unwrap().clone();
+            (!i.progs.is_empty() && !i.links.is_empty(), i)
+        });
+        assert!(!ids.progs.is_empty() && !ids.links.is_empty(), "{ids:?}");
+        signal(run.pid(), libc::SIGKILL);
+        assert_eq!(run.wait_exit(Duration::from_secs(10)).0, None);
+        let left = left_behind(&ids);
+        assert!(left.progs.is_empty() && left.links.is_empty(), "{left:?}");
+        row(
+            &format!("SIGKILL, {mode}"),
+            "killed; the kernel frees what its fds held",
+            &format!(
+                "{} program(s) and {} link(s) before, 0 left (bpftool)",
+                ids.progs.len(),
+                ids.links.len()
+            ),
+        );
+    }
+}
+
+#[test]
+fn missing_or_garbage_kernel_btf_exits_1_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("tracer-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.btf");
+    std::fs::write(&garbage, vec![0x5au8; 4096]).unwrap();
+    let truncated = dir.join("truncated.btf");
+    let real = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+    std::fs::write(&truncated, &real[..real.len() / 50]).unwrap();
+    let unreadable = dir.join("unreadable.btf");
+    std::fs::write(&unreadable, &real).unwrap();
+    let missing = dir.join("missing.btf");
+    for (what, path) in [
+        ("missing", &missing),
+        ("garbage", &garbage),
+        ("truncated", &truncated),
+        ("unreadable (a directory)", &dir),
+    ] {
+        let before = integration_tests::tracer_program_ids();
+        let out = Command::new(tracer_bin())
+            .args(["summary", "--duration", "1s", "--btf"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        let want = format!("cannot read kernel BTF at {}", path.display());
+        assert!(err.contains(&want), "{what}: {err}");
+        assert!(integration_tests::tracer_program_ids().is_subset(&before));
+        row(
+            &format!("kernel BTF {what} (--btf)"),
+            "exit 1 before loading anything",
+            err.trim(),
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Events to a full disk end with a clear error; to a closed pipe, the run
+/// ends (there is nobody to print to) and still accounts on stderr.
+#[test]
+fn stdout_full_or_closed_ends_the_run_clearly() {
+    let net = Subnet::unique(53);
+    let args = mode_args("events", &net);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut run = Run::start(&args, |c| {
+        c.stdout(full);
+    });
+    run.line_at(ready_line("events"), Duration::from_secs(600))
+        .expect("attached");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = churn(net, stop.clone());
+    let (code, _) = run.wait_exit(Duration::from_secs(10));
+    let err = run.stderr();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    row(
+        "stdout full (/dev/full)",
+        "exit 1",
+        err.lines().last().unwrap_or_default(),
+    );
+
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // nobody will ever read
+    let mut run = Run::start(&args, |c| {
+        c.stdout(writer);
+    });
+    run.line_at(ready_line("events"), Duration::from_secs(600))
+        .expect("attached");
+    let (code, _) = run.wait_exit(Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let err = run.stderr();
+    assert_eq!(code, Some(0), "{err}");
+    let summary = err.lines().last().unwrap_or_default().to_string();
+    assert!(summary.contains("events printed"), "{err}");
+    row(
+        "stdout closed (pipe reader gone)",
+        "exit 0, accounts on stderr",
+        &summary,
+    );
+}
+
+/// Capability sets of every thread of a running tracer.
+fn thread_caps(pid: u32) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let fields: Vec<String> = status
+            .lines()
+            .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        out.insert(fields.join(", "));
+    }
+    out
+}
+
+#[test]
+fn capabilities_after_attach_in_every_mode() {
+    let net = Subnet::unique(54);
+    // CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19): the summary's
+    // CLOSE_WAIT owners. Nothing for the others.
+    let proc_access = format!("{:016x}", (1u64 << 2) | (1u64 << 19));
+    let zero = "0000000000000000".to_string();
+    for (who, expect_summary) in [
+        ("root", proc_access.clone()),
+        ("nobody+BPF+PERFMON", zero.clone()),
+    ] {
+        for mode in MODES {
+            let args = mode_args(mode, &net);
+            let mut run = Run::start(&args, |c| {
+                if who != "root" {
+                    let mut setpriv = Command::new("setpriv");
+                    setpriv
+                        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                        .args(["--inh-caps=+bpf,+perfmon", "--ambient-caps=+bpf,+perfmon"])
+                        .arg(tracer_bin())
+                        .args(&args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped());
+                    *c = setpriv;
+                }
+            });
+            run.line_at(ready_line(mode), Duration::from_secs(600))
+                .unwrap_or_else(|| panic!("{who} {mode}: {}", run.stderr()));
+            if mode == "serve" {
+                // A scrape, so the blocking pool's thread exists too.
+                let listen = &args[args.len() - 1];
+                let body = ureq::get(&format!("http://{listen}/metrics"))
+                    .call()
+                    .expect("scrape")
+                    .body_mut()
+                    .read_to_string()
+                    .unwrap();
+                assert!(body.contains("tcp_tracer_transitions_total"));
+            }
+            let sets = thread_caps(run.pid());
+            let want = if mode == "summary" {
+                &expect_summary
+            } else {
+                &zero
+            };
+            for s in &sets {
+                for set in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+                    let v = s
+                        .split(", ")
+                        .find_map(|f| f.strip_prefix(&format!("{set}: ")))
+                        .unwrap();
+                    let expect = if set == "CapEff" || set == "CapPrm" || set == "CapBnd" {
+                        want
+                    } else {
+                        &zero
+                    };
+                    // The bounding set stays as it was without CAP_SETPCAP.
+                    if set == "CapBnd" && who != "root" {
+                        continue;
+                    }
+                    assert_eq!(v, expect, "{who} {mode} {set}: {s}");
+                }
+                assert!(s.contains("NoNewPrivs: 1"), "{who} {mode}: {s}");
+            }
+            signal(run.pid(), libc::SIGINT);
+            assert_eq!(run.wait_exit(Duration::from_secs(10)).0, Some(0));
+            assert_report(mode, &run.stdout(), &run.stderr());
+            row(
+                &format!("capabilities after attach, {mode}, as {who}"),
+                "dropped all it no longer needs",
+                &format!("CapEff {want} on all {} threads", sets.len()),
+            );
+        }
+    }
+}
