@@ -502,13 +502,15 @@ fn thread_caps(pid: u32) -> BTreeSet<String> {
 #[test]
 fn capabilities_after_attach_in_every_mode() {
     let net = Subnet::unique(54);
-    // CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19): the summary's
-    // CLOSE_WAIT owners. Nothing for the others.
-    let proc_access = format!("{:016x}", (1u64 << 2) | (1u64 << 19));
-    let zero = "0000000000000000".to_string();
+    // CAP_BPF (39): sock_diag's socket-storage answers (CLOSE_WAIT ages),
+    // in summary and serve; CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19):
+    // the summary's CLOSE_WAIT owners. Nothing for events.
+    let bpf = 1u64 << 39;
+    let hex = |v: u64| format!("{v:016x}");
+    let zero = hex(0);
     for (who, expect_summary) in [
-        ("root", proc_access.clone()),
-        ("nobody+BPF+PERFMON", zero.clone()),
+        ("root", hex(bpf | (1u64 << 2) | (1u64 << 19))),
+        ("nobody+BPF+PERFMON", hex(bpf)),
     ] {
         for mode in MODES {
             let args = mode_args(mode, &net);
@@ -540,10 +542,11 @@ fn capabilities_after_attach_in_every_mode() {
                 assert!(body.contains("tcp_tracer_transitions_total"));
             }
             let sets = thread_caps(run.pid());
-            let want = if mode == "summary" {
-                &expect_summary
-            } else {
-                &zero
+            let serve_caps = hex(bpf);
+            let want = match mode {
+                "summary" => &expect_summary,
+                "serve" => &serve_caps,
+                _ => &zero,
             };
             for s in &sets {
                 for set in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {

@@ -126,10 +126,10 @@ mod tests {
     #[test]
     fn only_the_summary_keeps_proc_access() {
         assert!(wanted(Mode::Events).is_empty());
-        assert!(wanted(Mode::Serve).is_empty());
+        assert_eq!(describe(&wanted(Mode::Serve)), "CAP_BPF");
         assert_eq!(
             describe(&wanted(Mode::Summary)),
-            "CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"
+            "CAP_BPF CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"
         );
         assert_eq!(describe(&CapsHashSet::new()), "none");
     }

@@ -64,6 +64,16 @@ pub enum ProbeError {
     Btf(#[from] aya::BtfError),
     #[error("program {PROGRAM}: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    #[error(
+        "the kernel (Linux {kernel}) refused the tracer's program{hint}. The verifier said:\n{tail}\n\
+         (the tracer needs Linux >= 5.12 with BTF: tp_btf, the BPF ring buffer, socket \
+         storage and bpf_get_socket_cookie from tracing programs; `tracer check` reports each mode)"
+    )]
+    Rejected {
+        kernel: String,
+        hint: String,
+        tail: String,
+    },
     #[error("map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
     #[error("map {0} is missing from the eBPF object")]
@@ -133,6 +143,39 @@ fn release_freed_memory() {
 /// (musl's allocator returns freed memory by itself.)
 #[cfg(not(target_env = "gnu"))]
 fn release_freed_memory() {}
+
+/// A verifier rejection as a message that says what is missing: the last
+/// lines of the log (the error and the statistics), and the kernel release
+/// when it is older than the features the program uses.
+fn rejected(e: aya::programs::ProgramError) -> ProbeError {
+    let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e else {
+        return ProbeError::Program(e);
+    };
+    let log = verifier_log.to_string();
+    let tail: Vec<&str> = log.lines().rev().take(6).collect();
+    let kernel = crate::check::kernel_release();
+    let too_old = kernel_older_than(&kernel, (5, 12));
+    ProbeError::Rejected {
+        hint: if too_old {
+            format!(": Linux {kernel} is older than 5.12")
+        } else {
+            String::new()
+        },
+        kernel,
+        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+    }
+}
+
+/// Is a kernel release ("6.1.0-57-cloud-amd64") older than `(major, minor)`?
+pub fn kernel_older_than(release: &str, want: (u32, u32)) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => (a, b) < want,
+        _ => false,
+    }
+}
 
 /// Check for the capabilities loading and attaching need, before touching
 /// anything, so a failure leaves nothing half-attached.
@@ -216,8 +259,12 @@ impl Probe {
         // Wake the reader once a quarter of the ring is pending (it also
         // drains on a timer): one wake-up per burst, not per event.
         let wake_bytes = u64::from(opts.ring_bytes / 4);
+        // STATS: a rejection comes back with the verifier's error and
+        // statistics only (a verbose log of a large program costs a full
+        // second verification per retry under emulation).
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
+            .verifier_log_level(aya::VerifierLogLevel::STATS)
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global("WAKE_BYTES", &wake_bytes, true)
@@ -228,7 +275,7 @@ impl Probe {
             .program_mut(PROGRAM)
             .ok_or(ProbeError::MissingMap(PROGRAM))?
             .try_into()?;
-        prog.load(PROGRAM, &btf)?;
+        prog.load(PROGRAM, &btf).map_err(rejected)?;
         prog.attach()?;
         drop(btf);
         release_freed_memory();
@@ -316,5 +363,18 @@ impl Probe {
         snap.time_wait_by_second = by_sec.into_iter().collect();
         snap.recursion_misses = self.run_stats()?.recursion_misses;
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_minor() {
+        assert!(kernel_older_than("5.10.0-28-amd64", (5, 12)));
+        assert!(!kernel_older_than("6.1.0-57-cloud-amd64", (5, 12)));
+        assert!(!kernel_older_than("5.12.0", (5, 12)));
+        assert!(!kernel_older_than("unknown", (5, 12)));
     }
 }
