@@ -12,6 +12,7 @@ pub mod event;
 pub mod export;
 pub mod filter;
 pub mod model;
+pub mod netns;
 pub mod offsets;
 pub mod probe;
 pub mod procs;
