@@ -29,7 +29,14 @@ pub struct FilterSpec {
     /// Remote address prefix.
     pub addr: Option<IpNet>,
     pub family: Option<Family>,
+    /// Network namespace (inode), resolved from `--netns`.
+    pub netns: Option<u32>,
 }
+
+/// Said after `netns N` while the kernel side cannot filter on namespaces.
+// TODO(kernel netns): "" once `to_kernel` sets the kernel filter's netns.
+pub const KERNEL_NETNS_NOTE: &str =
+    " (population only: transitions are not yet filtered by namespace)";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
@@ -100,6 +107,10 @@ impl FilterSpec {
             any: (!self.is_empty()) as u8,
             ..Default::default()
         };
+        // TODO(kernel netns): `f.netns = self.netns.unwrap_or(0);` once the
+        // kernel Filter has the field. Until then `--netns` narrows the
+        // population (only that namespace is read) but not the transitions;
+        // `describe` says so.
         if let Some(c) = &self.comm {
             f.has_comm = 1;
             f.comm[..c.len()].copy_from_slice(c.as_bytes());
@@ -171,6 +182,9 @@ impl FilterSpec {
         }
         if let Some(f) = self.family {
             parts.push(fam_name(f).to_string());
+        }
+        if let Some(n) = self.netns {
+            parts.push(format!("netns {n}{KERNEL_NETNS_NOTE}"));
         }
         if parts.is_empty() {
             "all TCP".into()

@@ -14,6 +14,7 @@ pub mod filter;
 pub mod model;
 pub mod netns;
 pub mod offsets;
+pub mod population;
 pub mod probe;
 pub mod procs;
 pub mod report;
@@ -127,11 +128,9 @@ impl Tracer {
         let sysctls = report::Sysctls::read();
         // Streamed into the tally: no list of every socket on the host.
         let mut tally = report::SocketTally::new(snap, sysctls.ip_local_port_range);
-        diag::dump_each(diag::population_states(), |s| {
-            if self.filter.matches_socket(&s) {
-                tally.add(&s);
-            }
-        })?;
+        let found = population::namespaces(&self.filter)?;
+        let (namespaces, coverage) =
+            population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
         let now_ns = monotonic_ns();
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
@@ -160,6 +159,8 @@ impl Tracer {
                 close_wait_threshold_s: opts.close_wait_threshold.as_secs_f64(),
                 now_sec: now_ns / 1_000_000_000,
                 cgroup_paths: &cgroup_paths,
+                namespaces: &namespaces,
+                coverage,
             },
         ))
     }
@@ -171,26 +172,26 @@ impl Tracer {
     /// the socket's fd now (/proc), else the one the kernel side captured.
     fn close_wait_leaks(
         &self,
-        sockets: &[DiagSocket],
+        sockets: &[(u32, DiagSocket)],
         now_ns: u64,
         threshold: std::time::Duration,
         cgroups: &mut cgroup::Resolver,
     ) -> anyhow::Result<Vec<CloseWaitLeak>> {
         let uptime_ns = self.started.elapsed().as_nanos() as u64;
         let mut old = Vec::new();
-        for s in sockets.iter().filter(|s| s.state == state::CLOSE_WAIT) {
+        for (netns, s) in sockets.iter().filter(|(_, s)| s.state == state::CLOSE_WAIT) {
             let st = self.probe.inflight(s.cookie)?;
             let (age_ns, exact) = match st {
                 Some(st) if st.ts_state != 0 => (now_ns.saturating_sub(st.ts_state), true),
                 _ => (uptime_ns, false),
             };
             if age_ns >= threshold.as_nanos() as u64 {
-                old.push((s, st, age_ns, exact));
+                old.push((*netns, s, st, age_ns, exact));
             }
         }
         let inodes: Vec<u32> = old
             .iter()
-            .map(|(s, ..)| s.inode)
+            .map(|(_, s, ..)| s.inode)
             .filter(|i| *i != 0)
             .collect();
         let holders = if inodes.is_empty() {
@@ -200,7 +201,7 @@ impl Tracer {
         };
         let mut leaks: Vec<CloseWaitLeak> = old
             .into_iter()
-            .map(|(s, st, age_ns, exact)| {
+            .map(|(netns, s, st, age_ns, exact)| {
                 let captured = st.filter(|st| st.flags & flag::OWNER_KNOWN != 0);
                 let (pid, comm) = match (holders.get(&s.inode), captured) {
                     (Some(o), _) => (Some(o.tgid), Some(model::comm_str(&o.comm))),
@@ -209,6 +210,7 @@ impl Tracer {
                 };
                 let cgroup_id = captured.map_or(0, |st| st.cgroup_id);
                 CloseWaitLeak {
+                    netns,
                     local: model::endpoint(s.src, s.sport),
                     peer: model::endpoint(s.dst, s.dport),
                     pid,

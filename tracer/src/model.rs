@@ -331,6 +331,19 @@ struct GroupSums {
     lifetime_ns: u64,
 }
 
+/// The network namespace (inode) a flow belongs to; None while the kernel
+/// side does not carry it.
+// TODO(kernel netns): `Some(k.netns)` once FlowKey has the field.
+pub fn flow_netns(_k: &FlowKey) -> Option<u32> {
+    None
+}
+
+/// The network namespace (inode) of an event's socket, when the kernel says.
+// TODO(kernel netns): `Some(e.netns)` once Event has the field.
+pub fn event_netns(_e: &tracer_common::Event) -> Option<u32> {
+    None
+}
+
 /// Group flows by `key_of`, then keep the `top` largest by volume (ties by key).
 pub fn group_flows<K: Ord + Clone>(
     flows: &[(FlowKey, FlowStats)],

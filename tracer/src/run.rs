@@ -52,7 +52,7 @@ pub(crate) fn spawn_ebpf_logger(t: &mut Tracer) {
 }
 
 pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
-    let mut tracer = Tracer::start(args.filter.spec(), true, args.ring_kib * 1024)?;
+    let mut tracer = Tracer::start(args.filter.spec()?, true, args.ring_kib * 1024)?;
     spawn_ebpf_logger(&mut tracer);
     let ring = tracer.probe.take_events()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
@@ -124,7 +124,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
-    let mut tracer = Tracer::start(args.filter.spec(), false, 4096)?;
+    let mut tracer = Tracer::start(args.filter.spec()?, false, 4096)?;
     spawn_ebpf_logger(&mut tracer);
     match args.duration {
         Some(d) => eprintln!(

@@ -29,7 +29,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let mut tracer = Tracer::start(args.filter.spec(), false, 4096)?;
+    let mut tracer = Tracer::start(args.filter.spec()?, false, 4096)?;
     spawn_ebpf_logger(&mut tracer);
     // Run-time statistics for the cost metrics, only when asked: they time
     // every BPF program on the host (the benchmarks measured the exporter's
