@@ -148,6 +148,14 @@ pub fn discover() -> io::Result<Discovery> {
         },
     );
     let mut denied = 0;
+    // With CAP_SYS_PTRACE a refusal is a race with exec or exit, not a
+    // hidden namespace.
+    let may_ptrace = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_PTRACE,
+    )
+    .unwrap_or(false);
     for entry in fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -158,7 +166,7 @@ pub fn discover() -> io::Result<Discovery> {
         };
         let inode = match fs::read_link(entry.path().join("ns/net")) {
             Ok(t) => parse_ns_link(&t.to_string_lossy()),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !may_ptrace => {
                 denied += 1;
                 None
             }
