@@ -99,6 +99,9 @@ pub struct Transition {
     /// cgroup v2 id of the owner (0: unknown), and its path when resolved.
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// Network namespace (inode) of the socket; null while the kernel side
+    /// does not report it.
+    pub netns: Option<u32>,
 }
 
 impl Transition {
@@ -129,6 +132,7 @@ impl Transition {
             bytes_sent_acked: closed_established(e).then_some(e.bytes_acked),
             cgroup_id: e.cgroup_id,
             cgroup: None,
+            netns: crate::model::event_netns(e),
         }
     }
 }

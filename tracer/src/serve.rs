@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::{
     cli::ServeArgs,
-    export::{self, LiveCollector, PeerSlots, Scrape},
+    export::{self, LiveCollector, Scrape, Slots},
     run::{spawn_ebpf_logger, stop_signal},
     SummaryOptions, Tracer,
 };
@@ -65,7 +65,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 stats_enabled: held || bpf_stats_enabled(),
             })
         }),
-        slots: std::sync::Mutex::new(PeerSlots::new(args.top_peers as usize)),
+        slots: std::sync::Mutex::new(Slots::new(args.top_peers as usize)),
     };
     let registry = Arc::new(export::registry(collector));
     eprintln!(
