@@ -228,12 +228,18 @@ impl Tracer {
 }
 
 fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {
-    let listeners = diag::dump(diag::states(&[state::LISTEN])).context("sock_diag LISTEN dump")?;
-    let inodes: Vec<u32> = listeners.iter().map(|s| s.inode).collect();
+    let found = netns::discover().context("finding network namespaces")?;
+    let listeners = population::listeners(&found);
+    let inodes: Vec<u32> = listeners.iter().map(|l| l.2).collect();
     let owners = procs::socket_owners(&inodes);
+    // TODO(kernel netns): listeners are keyed by port alone in the kernel
+    // today, so only the tracer's own namespace is seeded (another
+    // namespace's listener on the same port would overwrite it); seed
+    // every namespace with `(netns, port, owner)` once they are keyed by both.
     let seeds: Vec<_> = listeners
         .iter()
-        .map(|s| (s.sport, owners.get(&s.inode).copied().unwrap_or_default()))
+        .filter(|(ns, ..)| *ns == found.own)
+        .map(|(_, port, inode)| (*port, owners.get(inode).copied().unwrap_or_default()))
         .collect();
     probe.seed_listeners(&seeds)?;
     Ok(())

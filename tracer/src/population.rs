@@ -144,3 +144,29 @@ fn read_other(
 fn still_in(pid: u32, inode: u32) -> bool {
     netns::inode_of(std::path::Path::new(&format!("/proc/{pid}/ns/net"))).is_ok_and(|i| i == inode)
 }
+
+/// Listening sockets of every namespace that can be read: (netns, local
+/// port, socket inode). For seeding the owners of listeners that predate
+/// the tracer, per namespace.
+pub fn listeners(d: &netns::Discovery) -> Vec<(u32, u16, u32)> {
+    let mask = diag::states(&[tracer_common::state::LISTEN]);
+    let mut out = Vec::new();
+    for ns in &d.namespaces {
+        let mut found = Vec::new();
+        let mut keep = |s: DiagSocket| found.push((ns.inode, s.sport, s.inode));
+        let ok = if ns.inode == d.own {
+            diag::dump_each(mask, &mut keep).is_ok()
+        } else {
+            match netns::within(ns, || diag::dump_each(mask, &mut keep)) {
+                Ok(r) => r.is_ok(),
+                Err(_) => ns
+                    .pid
+                    .is_some_and(|pid| netns::proc_sockets(pid, mask, &mut keep).is_ok()),
+            }
+        };
+        if ok {
+            out.extend(found);
+        }
+    }
+    out
+}

@@ -534,7 +534,7 @@ pub struct SocketTally {
     tw_by_laddr: BTreeMap<(u32, IpAddr), u64>,
     /// (namespace, local addr, remote addr, remote port) of sockets on
     /// ephemeral local ports → (TIME_WAIT, ESTABLISHED, other).
-    pressure: BTreeMap<(u32, IpAddr, IpAddr, u16), (u64, u64, u64)>,
+    pressure: BTreeMap<PressureKey, (u64, u64, u64)>,
     /// CLOSE_WAIT sockets with their namespace, kept whole for the leak list.
     pub close_wait: Vec<(u32, DiagSocket)>,
     /// The range for namespaces whose own range is unknown.
@@ -544,6 +544,9 @@ pub struct SocketTally {
     active: BTreeSet<(u32, IpAddr, u16)>,
     passive: BTreeSet<(u32, IpAddr, u16)>,
 }
+
+/// (namespace, local address, remote address, remote port).
+type PressureKey = (u32, IpAddr, IpAddr, u16);
 
 /// One namespace's share of the tally.
 #[derive(Clone, Debug, Default)]
