@@ -4,10 +4,19 @@
 //! synthetic transition sequences through the same function, so the meaning of
 //! every counter is defined once, here.
 
-use crate::{close, counter, dir, errno, hist_kind, state};
+use crate::{close, close_path, counter, dir, errno, hist_kind, state, FlowStats, SockState};
 
 /// Sentinel for "no counter" / "no histogram".
 pub const NONE: u32 = u32::MAX;
+
+/// When a transition touches the connection's flow row.
+pub mod flow_point {
+    pub const NONE: u8 = 0;
+    /// → ESTABLISHED: the connection and its handshake.
+    pub const ESTABLISHED: u8 = 1;
+    /// → CLOSE: how it ended, its close paths, lifetime and bytes.
+    pub const CLOSE: u8 = 2;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Effects {
@@ -17,20 +26,16 @@ pub struct Effects {
     pub counters: [u32; 3],
     /// `hist_kind::*` to record the handshake latency in, or `NONE`.
     pub hist: u32,
-    /// Per-flow deltas.
-    pub established: u8,
-    pub connect_failed: u8,
-    pub time_wait: u8,
-    pub fin_wait2_parked: u8,
-    pub resets_sent: u8,
-    pub resets_received: u8,
-    pub close_local_first: u8,
-    pub close_peer_first: u8,
-    pub close_simultaneous: u8,
-    /// The flow's handshake stats take this transition's latency.
-    pub handshake: u8,
+    /// `close_path::*` bit this transition adds to the socket.
+    pub close_path: u8,
+    /// `flow_point::*`.
+    pub flow: u8,
+    /// An entry into the timewait table (TIME_WAIT or parked FIN_WAIT2).
+    pub time_wait: bool,
     /// An established connection ended: its lifetime and bytes count.
-    pub closed: u8,
+    pub closed: bool,
+    /// A connect failed (SYN_SENT → CLOSE).
+    pub connect_failed: bool,
 }
 
 impl Effects {
@@ -39,38 +44,88 @@ impl Effects {
             close_kind: close::NONE,
             counters: [NONE; 3],
             hist: NONE,
-            established: 0,
-            connect_failed: 0,
-            time_wait: 0,
-            fin_wait2_parked: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            close_local_first: 0,
-            close_peer_first: 0,
-            close_simultaneous: 0,
-            handshake: 0,
-            closed: 0,
+            close_path: 0,
+            flow: flow_point::NONE,
+            time_wait: false,
+            closed: false,
+            connect_failed: false,
         }
     }
+}
 
-    /// Does this transition touch the per-flow breakdown at all?
-    pub const fn touches_flow(&self) -> bool {
-        self.established
-            | self.connect_failed
-            | self.time_wait
-            | self.resets_sent
-            | self.resets_received
-            | self.close_local_first
-            | self.close_peer_first
-            | self.close_simultaneous
-            | self.closed
-            != 0
+/// Socket facts a flow row takes at its flow point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFacts {
+    /// → ESTABLISHED: the handshake latency (valid when `handshake_known`)
+    /// and its retransmits.
+    pub handshake_ns: u64,
+    pub handshake_known: bool,
+    pub retrans: u32,
+    /// → CLOSE of an established connection: lifetime (valid when
+    /// `lifetime_known`) and payload bytes.
+    pub lifetime_ns: u64,
+    pub lifetime_known: bool,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+}
+
+/// Add one connection's contribution at a flow point to its row (a map
+/// value, or the `other` row of a full table). The close paths the socket
+/// took (`closes`, `close_path::*`) are added once, at → CLOSE.
+#[inline(always)]
+pub fn apply_flow(f: &mut FlowStats, e: &Effects, st: &SockState, facts: &FlowFacts) {
+    if e.flow == flow_point::ESTABLISHED {
+        f.established += 1;
+        if facts.handshake_known {
+            f.handshake_count += 1;
+            f.handshake_sum_ns += facts.handshake_ns;
+            if facts.handshake_ns > f.handshake_max_ns {
+                f.handshake_max_ns = facts.handshake_ns;
+            }
+            if facts.retrans > 0 {
+                f.handshake_retrans += 1;
+            }
+            f.retrans_total += facts.retrans as u64;
+        }
+    } else if e.flow == flow_point::CLOSE {
+        apply_close(f, e, st.closes, facts);
+    }
+    if st.flags & crate::flag::OWNER_KNOWN != 0 {
+        f.comm = st.comm;
+        f.cgroup_id = st.cgroup_id;
+    }
+}
+
+#[inline(always)]
+fn apply_close(f: &mut FlowStats, e: &Effects, closes: u8, facts: &FlowFacts) {
+    let k = e.close_kind;
+    f.connect_failed += e.connect_failed as u64;
+    f.connect_no_local_port += (k == close::CONNECT_NO_LOCAL_PORT) as u64;
+    f.time_wait += e.time_wait as u64;
+    f.fin_wait2_parked += (k == close::FIN_WAIT2_PARKED) as u64;
+    f.resets_sent += (k == close::RESET_SENT) as u64;
+    f.resets_received += (k == close::RESET_RECEIVED) as u64;
+    f.close_local_first += (closes & close_path::LOCAL_FIRST != 0) as u64;
+    f.close_peer_first += (closes & close_path::PEER_FIRST != 0) as u64;
+    f.close_simultaneous += (closes & close_path::SIMULTANEOUS != 0) as u64;
+    if e.closed {
+        f.bytes_received += facts.bytes_received;
+        f.bytes_acked += facts.bytes_acked;
+        if facts.lifetime_known {
+            f.closed += 1;
+            f.lifetime_sum_ns += facts.lifetime_ns;
+            if facts.lifetime_ns > f.lifetime_max_ns {
+                f.lifetime_max_ns = facts.lifetime_ns;
+            }
+        }
     }
 }
 
 /// How an X → CLOSE transition ended the connection, from the old state,
 /// `sk_err` and the SOCK_DONE flag (the peer's FIN arrived).
 ///
+/// - SYN_SENT with `sk_err` = 0 and no local port: connect() found no free
+///   local port (EADDRNOTAVAIL; the error goes only to the caller).
 /// - `sk_err` ≠ 0 is an abort: in SYN_SENT a failed connect by errno, later a
 ///   received RST (ECONNRESET/EPIPE) or a timeout.
 /// - `sk_err` = 0 from FIN_WAIT2/CLOSING with SOCK_DONE: `tcp_time_wait()`
@@ -81,8 +136,9 @@ impl Effects {
 /// - `sk_err` = 0 from any other synchronized state: this host aborted (the
 ///   tracepoint fires before `tcp_disconnect()` sets `sk_err` and sends RST).
 #[inline(always)]
-pub fn classify_close(old: u8, sk_err: u16, sock_done: bool) -> u8 {
+pub fn classify_close(old: u8, sk_err: u16, sock_done: bool, lport: u16) -> u8 {
     match old {
+        state::SYN_SENT if sk_err == 0 && lport == 0 => close::CONNECT_NO_LOCAL_PORT,
         state::SYN_SENT => match sk_err {
             // A RST answering the SYN: tcp_reset() sets ECONNREFUSED.
             errno::ECONNREFUSED | errno::ECONNRESET => close::CONNECT_REFUSED,
@@ -133,84 +189,91 @@ pub fn payload_bytes(
     (rx, tx)
 }
 
+/// Socket facts read at the transition, where they matter: `sk_err`,
+/// SOCK_DONE and the local port for → CLOSE; the handshake's retransmits
+/// and whether its latency is known for → ESTABLISHED.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub sk_err: u16,
+    pub sock_done: bool,
+    pub lport: u16,
+    pub retrans: u32,
+    pub handshake_known: bool,
+}
+
 /// Effects of `old → new` on a socket opened in direction `sock_dir`.
-/// `sk_err`/`sock_done` matter only for → CLOSE; `retrans` and
-/// `handshake_known` only for → ESTABLISHED.
 #[inline(always)]
-pub fn effects(
-    old: u8,
-    new: u8,
-    sock_dir: u8,
-    sk_err: u16,
-    sock_done: bool,
-    retrans: u32,
-    handshake_known: bool,
-) -> Effects {
+pub fn effects(old: u8, new: u8, sock_dir: u8, x: &Facts) -> Effects {
     let mut e = Effects::none();
     e.counters[0] = counter::TRANSITIONS;
     match (old, new) {
         (state::CLOSE, state::SYN_SENT) => e.counters[1] = counter::CONNECT_ATTEMPTS,
-        (state::SYN_SENT, state::ESTABLISHED) => {
-            e.counters[1] = counter::ACTIVE_ESTABLISHED;
-            e.established = 1;
-            if handshake_known {
-                e.handshake = 1;
-                e.hist = hist_kind::ACTIVE;
-                if retrans > 0 {
-                    e.counters[2] = counter::ACTIVE_HANDSHAKE_RETRANS;
-                    e.hist = hist_kind::ACTIVE_RETRANS;
-                }
-            }
-        }
-        (state::SYN_RECV, state::ESTABLISHED) => {
-            e.counters[1] = counter::PASSIVE_ESTABLISHED;
-            e.established = 1;
-            if handshake_known {
-                e.handshake = 1;
-                e.hist = hist_kind::PASSIVE;
-                if retrans > 0 {
-                    e.counters[2] = counter::PASSIVE_HANDSHAKE_RETRANS;
-                    e.hist = hist_kind::PASSIVE_RETRANS;
-                }
-            }
-        }
+        (state::SYN_SENT, state::ESTABLISHED) => established(
+            &mut e,
+            counter::ACTIVE_ESTABLISHED,
+            hist_kind::ACTIVE,
+            counter::ACTIVE_HANDSHAKE_RETRANS,
+            x,
+        ),
+        (state::SYN_RECV, state::ESTABLISHED) => established(
+            &mut e,
+            counter::PASSIVE_ESTABLISHED,
+            hist_kind::PASSIVE,
+            counter::PASSIVE_HANDSHAKE_RETRANS,
+            x,
+        ),
         (state::ESTABLISHED, state::FIN_WAIT1) => {
             e.counters[1] = counter::CLOSE_LOCAL_FIRST;
-            e.close_local_first = 1;
+            e.close_path = close_path::LOCAL_FIRST;
         }
         (state::ESTABLISHED, state::CLOSE_WAIT) => {
             e.counters[1] = counter::CLOSE_PEER_FIRST;
-            e.close_peer_first = 1;
+            e.close_path = close_path::PEER_FIRST;
         }
         (state::FIN_WAIT1, state::CLOSING) => {
             e.counters[1] = counter::CLOSE_SIMULTANEOUS;
-            e.close_simultaneous = 1;
+            e.close_path = close_path::SIMULTANEOUS;
         }
-        (_, state::CLOSE) => {
-            let k = classify_close(old, sk_err, sock_done);
-            e.close_kind = k;
-            e.counters[1] = counter::CLOSE_BASE + k as u32;
-            if old == state::SYN_SENT {
-                e.connect_failed = 1;
-            } else if old != state::SYN_RECV && old != state::LISTEN && old != state::CLOSE {
-                e.closed = 1;
-            }
-            if k == close::TIME_WAIT || k == close::FIN_WAIT2_PARKED {
-                e.time_wait = 1;
-                e.fin_wait2_parked = (k == close::FIN_WAIT2_PARKED) as u8;
-                e.counters[2] = counter::TIME_WAIT_BY_DIR
-                    + if sock_dir <= dir::PASSIVE {
-                        sock_dir as u32
-                    } else {
-                        0
-                    };
-            } else if k == close::RESET_SENT {
-                e.resets_sent = 1;
-            } else if k == close::RESET_RECEIVED && old != state::SYN_SENT {
-                e.resets_received = 1;
-            }
-        }
+        (_, state::CLOSE) => closed(&mut e, old, sock_dir, x),
         _ => {}
     }
     e
+}
+
+#[inline(always)]
+fn established(e: &mut Effects, count: u32, hist: u32, retrans_count: u32, x: &Facts) {
+    e.counters[1] = count;
+    e.flow = flow_point::ESTABLISHED;
+    if x.handshake_known {
+        e.hist = hist;
+        if x.retrans > 0 {
+            e.counters[2] = retrans_count;
+            // The retransmitted histogram of each side follows the clean one.
+            e.hist = hist + 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn closed(e: &mut Effects, old: u8, sock_dir: u8, x: &Facts) {
+    let k = classify_close(old, x.sk_err, x.sock_done, x.lport);
+    e.close_kind = k;
+    e.counters[1] = counter::CLOSE_BASE + k as u32;
+    if old == state::LISTEN {
+        return;
+    }
+    e.connect_failed = old == state::SYN_SENT;
+    e.closed = !e.connect_failed && old != state::SYN_RECV && old != state::CLOSE;
+    if e.connect_failed || e.closed {
+        e.flow = flow_point::CLOSE;
+    }
+    if k == close::TIME_WAIT || k == close::FIN_WAIT2_PARKED {
+        e.time_wait = true;
+        let side = if sock_dir <= dir::PASSIVE {
+            sock_dir
+        } else {
+            0
+        };
+        e.counters[2] = counter::TIME_WAIT_BY_DIR + side as u32;
+    }
 }

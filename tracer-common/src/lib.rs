@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod hist;
+pub mod machine;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub mod state {
@@ -85,22 +86,28 @@ pub mod close {
     pub const LISTENER_CLOSED: u8 = 12;
     /// Anything else (another errno).
     pub const OTHER: u8 = 13;
-    pub const COUNT: usize = 14;
+    /// SYN_SENT → CLOSE with source port 0 and `sk_err` = 0: connect() found
+    /// no free local port (EADDRNOTAVAIL, returned only to the caller). The
+    /// failure TIME_WAIT buildup causes.
+    pub const CONNECT_NO_LOCAL_PORT: u8 = 14;
+    pub const COUNT: usize = 15;
 }
 
-/// Indices into the `COUNTERS` per-CPU array. Every one is exact: it is bumped
-/// in the kernel at the transition, whether or not the event reached userspace.
+/// Indices into `Stats::counters`. Every one is exact: it is bumped in the
+/// kernel at the transition, whether or not the event reached userspace.
 pub mod counter {
     /// TCP transitions that passed the filters.
     pub const TRANSITIONS: u32 = 0;
     /// Events the ring buffer had no room for.
     pub const RINGBUF_DROPS: u32 = 1;
-    /// A socket's second or later transition found no in-flight entry: evicted
-    /// from the LRU map, or the socket predates the tracer.
+    /// A socket's transition found no per-socket state: the socket predates
+    /// the tracer (its time in state and handshake latency are unknown).
     pub const INFLIGHT_MISSING: u32 = 2;
-    /// Inserting an in-flight entry failed.
+    /// Creating a socket's storage failed (kernel memory): counted, the
+    /// socket's transitions still count.
     pub const INFLIGHT_INSERT_FAILED: u32 = 3;
-    /// The per-flow breakdown table was full: the flow's numbers are only in the totals.
+    /// The per-flow breakdown table was full: the flow's numbers went to the
+    /// `other` row (`Stats::other_flow`), so rows + other = totals still.
     pub const FLOW_TABLE_FULL: u32 = 4;
     /// CLOSE → SYN_SENT (connect() called).
     pub const CONNECT_ATTEMPTS: u32 = 5;
@@ -122,8 +129,22 @@ pub mod counter {
     pub const FILTERED_OUT: u32 = 13;
     /// Non-TCP sockets (MPTCP, SCTP) seen on the tracepoint and ignored.
     pub const NON_TCP: u32 = 14;
+    /// TCP sockets of another address family, or state numbers outside the
+    /// kernel's TCP states: skipped.
+    pub const SKIPPED_OTHER: u32 = 15;
+    /// Runs before userspace filled in the field offsets (never, normally).
+    pub const SKIPPED_NO_OFFSETS: u32 = 16;
+    /// `bpf_skc_to_tcp_sock` refused the socket: its TCP facts (retransmits,
+    /// RTT, bytes) were not read; the transition still counts.
+    pub const TCP_SOCK_UNAVAILABLE: u32 = 17;
+    /// Listening sockets not recorded because the listener table was full:
+    /// their children's owner is unknown.
+    pub const LISTENER_TABLE_FULL: u32 = 18;
+    /// Passive handshakes whose SYN-ACK RTT sample was 0 (no sample, e.g.
+    /// syncookies): counted as established, not as a 0 µs latency.
+    pub const PASSIVE_RTT_UNKNOWN: u32 = 19;
     /// First of `close::COUNT` slots: X → CLOSE by close kind.
-    pub const CLOSE_BASE: u32 = 16;
+    pub const CLOSE_BASE: u32 = 24;
     /// First of 3 slots (indexed by `dir::*`): entries into the timewait table
     /// (`close::TIME_WAIT` + `close::FIN_WAIT2_PARKED`) by who opened the connection.
     pub const TIME_WAIT_BY_DIR: u32 = CLOSE_BASE + super::close::COUNT as u32;
@@ -143,6 +164,8 @@ pub mod hist_kind {
     /// Established connections' lifetime at → CLOSE, from the birth transition.
     pub const LIFETIME: u32 = 4;
     pub const COUNT: u32 = 5;
+    // account::effects picks a side's retransmitted histogram as its clean one + 1.
+    const _: () = assert!(ACTIVE_RETRANS == ACTIVE + 1 && PASSIVE_RETRANS == PASSIVE + 1);
 }
 
 /// Bits in `Event::flags` and `SockState::flags`.
@@ -155,28 +178,50 @@ pub mod flag {
     pub const RETRANS: u8 = 4;
     /// SockState: a transition is waiting for the filter verdict (tuple incomplete).
     pub const DEFERRED: u8 = 8;
-    /// SockState: the socket matched the filters once; later transitions keep matching.
-    pub const MATCHED: u8 = 16;
     /// `lifetime_ns` is valid (the socket's birth transition was seen).
     pub const LIFETIME_KNOWN: u8 = 32;
+    /// `handshake_ns` is valid (on → ESTABLISHED).
+    pub const HANDSHAKE_KNOWN: u8 = 64;
+    /// SockState: initialized (storage is created zeroed).
+    pub const INIT: u8 = 128;
+}
+
+/// A socket's filter verdict (`SockState::verdict`): decided once, at the
+/// first transition whose tuple is complete, and never changed afterwards,
+/// so one connection is never split between "matched" and "filtered".
+pub mod verdict {
+    pub const UNDECIDED: u8 = 0;
+    pub const MATCH: u8 = 1;
+    pub const NO_MATCH: u8 = 2;
 }
 
 /// Byte offsets of the kernel fields the programs read, computed in userspace
 /// from /sys/kernel/btf/vmlinux (aya applies no CO-RE relocations to Rust-built
-/// objects) and written into the object as a load-time global.
+/// objects) and written into the object as a load-time global. The program
+/// loads `sock` fields directly through the tp_btf `struct sock *` (the
+/// verifier checks each offset against BTF, since the global is read-only and
+/// frozen) and `tcp_sock` fields through `bpf_skc_to_tcp_sock()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
     pub skc_daddr: u32,
     pub skc_rcv_saddr: u32,
     pub skc_dport: u32,
+    /// Local port, host byte order (0 until connect() picked one).
     pub skc_num: u32,
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_net` (a `struct net *`).
+    pub skc_net: u32,
+    /// `net.ns.inum`: the network namespace's inode number.
+    pub net_ns_inum: u32,
     pub sk_protocol: u32,
     pub sk_err: u32,
     pub sk_flags: u32,
+    /// `tcp_sock` fields. `inet_sport` (network order; inet_sock starts
+    /// tcp_sock) still holds the local port at → CLOSE, where `skc_num` has
+    /// already been released.
     pub inet_sport: u32,
     pub srtt_us: u32,
     pub total_retrans: u32,
@@ -185,7 +230,7 @@ pub struct Offsets {
     /// 1 once userspace filled this in; the programs do nothing while it is 0.
     pub valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 72);
 
 /// Filters, evaluated in the kernel. A zero field means "no filter".
 #[repr(C)]
@@ -210,7 +255,9 @@ pub struct Filter {
     pub emit_events: u8,
     /// 1 when any filter above is set (lets the programs skip evaluation).
     pub any: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Network namespace inode (`ls -l /proc/PID/ns/net`); 0: every namespace.
+    pub netns: u32,
 }
 const _: () = assert!(core::mem::size_of::<Filter>() == 56);
 
@@ -224,7 +271,8 @@ pub struct Event {
     pub cookie: u64,
     /// Time spent in `oldstate`, valid when `flag::DURATION_KNOWN` is set.
     pub in_state_ns: u64,
-    /// Handshake latency, set on SYN_SENT/SYN_RECV → ESTABLISHED; else 0.
+    /// Handshake latency on SYN_SENT/SYN_RECV → ESTABLISHED, valid when
+    /// `flag::HANDSHAKE_KNOWN` is set.
     pub handshake_ns: u64,
     /// On → CLOSE: time since the socket's birth transition (CLOSE→SYN_SENT or
     /// LISTEN→SYN_RECV), valid when `flag::LIFETIME_KNOWN` is set.
@@ -246,6 +294,8 @@ pub struct Event {
     pub family: u16,
     /// `sk_err` at the transition.
     pub sk_err: u16,
+    /// Network namespace inode of the socket.
+    pub netns: u32,
     pub oldstate: u8,
     pub newstate: u8,
     /// `close::*`
@@ -254,50 +304,80 @@ pub struct Event {
     pub dir: u8,
     /// `flag::*`
     pub flags: u8,
-    pub _pad: [u8; 11],
+    pub _pad: [u8; 7],
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 144);
 
-/// Per-socket state in the in-flight LRU map, keyed by socket cookie.
+/// Close paths a connection took, accumulated in its `SockState::closes`
+/// and added to its flow row once, at → CLOSE.
+pub mod close_path {
+    pub const LOCAL_FIRST: u8 = 1;
+    pub const PEER_FIRST: u8 = 2;
+    pub const SIMULTANEOUS: u8 = 4;
+}
+
+/// Per-socket state, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`):
+/// created at the socket's birth transition (or first sight), freed by the
+/// kernel with the socket, so every live socket has one (no LRU eviction).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
     /// When the socket entered its current state.
     pub ts_state: u64,
-    /// When CLOSE→SYN_SENT happened (active handshake start).
-    pub ts_syn: u64,
+    /// Birth transition time (CLOSE→SYN_SENT: also the active handshake's
+    /// start; LISTEN→SYN_RECV); 0 = not seen.
+    pub ts_birth: u64,
     /// The deferred transition's timestamp.
     pub deferred_ts: u64,
-    /// Birth transition time (CLOSE→SYN_SENT / LISTEN→SYN_RECV); 0 = not seen.
-    pub ts_birth: u64,
     /// Owner's cgroup v2 id, captured with the owner.
     pub cgroup_id: u64,
+    /// Owner (tgid) as last captured.
     pub tgid: u32,
-    pub _pad0: u32,
+    /// The owner tgid fixed into the socket's flow key when its verdict was
+    /// decided (0 = unknown then); never changes afterwards.
+    pub key_tgid: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// Network namespace inode.
+    pub netns: u32,
     pub dir: u8,
     pub flags: u8,
+    /// `verdict::*`
+    pub verdict: u8,
     pub deferred_old: u8,
     pub deferred_new: u8,
-    pub _pad: [u8; 4],
+    /// `close_path::*` bits seen so far.
+    pub closes: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 72);
 
-/// Who owns a listening port (captured at CLOSE→LISTEN in listen()'s context).
+/// Key of the listener table: listening port per network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+
+/// Who owns a listening port (captured at CLOSE→LISTEN in listen()'s context),
+/// and how many listening sockets share the key (SO_REUSEPORT, v4 + v6): the
+/// entry goes when the last one closes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
     pub cgroup_id: u64,
     pub tgid: u32,
     pub comm: [u8; TASK_COMM_LEN],
-    pub _pad: u32,
+    pub sockets: u32,
 }
 const _: () = assert!(core::mem::size_of::<Owner>() == 32);
 
 /// Key of the per-flow breakdown: one remote service (active side: remote
 /// address and port) or one local service per client address (passive side:
-/// remote address and local port), per owner process. Ephemeral ports are left
-/// out so the table stays bounded.
+/// remote address and local port), per owner process and network namespace.
+/// Ephemeral ports are left out so the table stays bounded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -308,12 +388,16 @@ pub struct FlowKey {
     /// Remote port for `dir::ACTIVE`, local port for `dir::PASSIVE`/`UNKNOWN`.
     pub port: u16,
     pub tgid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
     pub dir: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 
-/// Counters per flow (per-CPU; userspace sums).
+/// Counters per flow (per-CPU; userspace sums). A connection is added at
+/// two moments: → ESTABLISHED (`established`, the handshake) and → CLOSE
+/// (everything else, including its close paths).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -321,16 +405,18 @@ pub struct FlowStats {
     pub established: u64,
     /// Connects that failed (SYN_SENT → CLOSE).
     pub connect_failed: u64,
+    /// Of those, for want of a free local port (EADDRNOTAVAIL).
+    pub connect_no_local_port: u64,
     /// Entries into the timewait table (TIME_WAIT + parked FIN_WAIT2).
     pub time_wait: u64,
     /// Of those, orphans parked in FIN_WAIT2 before the peer's FIN.
     pub fin_wait2_parked: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
-    /// ESTABLISHED → FIN_WAIT1 (active close) / → CLOSE_WAIT (passive close).
+    /// Connections that closed here first / by the peer first /
+    /// simultaneously (counted when the connection ends).
     pub close_local_first: u64,
     pub close_peer_first: u64,
-    /// FIN_WAIT1 → CLOSING.
     pub close_simultaneous: u64,
     pub handshake_count: u64,
     pub handshake_sum_ns: u64,
@@ -350,7 +436,33 @@ pub struct FlowStats {
     pub cgroup_id: u64,
     pub comm: [u8; TASK_COMM_LEN],
 }
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 176);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 184);
+
+/// The per-CPU block of counters every run touches: one map lookup per run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Indexed by `counter::*`.
+    pub counters: [u64; COUNTER_SLOTS],
+    /// Indexed by `transition_index(old, new)`.
+    pub transitions: [u64; TRANSITION_SLOTS as usize],
+    /// Flow figures of connections that found the flow table full.
+    pub other_flow: FlowStats,
+}
+pub const COUNTER_SLOTS: usize = 48;
+const _: () = assert!(counter::COUNT as usize <= COUNTER_SLOTS);
+const _: () =
+    assert!(core::mem::size_of::<Stats>() == (COUNTER_SLOTS + TRANSITION_SLOTS as usize) * 8 + 184);
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            counters: [0; COUNTER_SLOTS],
+            transitions: [0; TRANSITION_SLOTS as usize],
+            other_flow: FlowStats::default(),
+        }
+    }
+}
 
 /// One second of TIME_WAIT entries, in a 64-slot per-CPU ring indexed by
 /// `second % 64`, so userspace can sum the entries of the last 60 s (the
@@ -380,6 +492,8 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::hist::Hist {}

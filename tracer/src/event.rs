@@ -99,9 +99,8 @@ pub struct Transition {
     /// cgroup v2 id of the owner (0: unknown), and its path when resolved.
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
-    /// Network namespace (inode) of the socket; null while the kernel side
-    /// does not report it.
-    pub netns: Option<u32>,
+    /// The socket's network namespace inode (as `ls -l /proc/PID/ns/net` shows).
+    pub netns: u32,
 }
 
 impl Transition {
@@ -123,7 +122,8 @@ impl Transition {
             in_old_state_us: (e.flags & flag::DURATION_KNOWN != 0)
                 .then(|| e.in_state_ns as f64 / 1e3),
             direction: dir_name(e.dir),
-            handshake_us: (established && e.handshake_ns > 0).then(|| e.handshake_ns as f64 / 1e3),
+            handshake_us: (established && e.flags & flag::HANDSHAKE_KNOWN != 0)
+                .then(|| e.handshake_ns as f64 / 1e3),
             handshake_retransmits: established.then_some(e.retrans),
             close: (e.close_kind != close::NONE).then(|| close_kind_name(e.close_kind)),
             sk_err: (e.sk_err != 0).then_some(e.sk_err),
@@ -132,7 +132,7 @@ impl Transition {
             bytes_sent_acked: closed_established(e).then_some(e.bytes_acked),
             cgroup_id: e.cgroup_id,
             cgroup: None,
-            netns: crate::model::event_netns(e),
+            netns: e.netns,
         }
     }
 }
@@ -238,9 +238,10 @@ mod tests {
             oldstate: state::SYN_SENT,
             newstate: state::ESTABLISHED,
             close_kind: close::NONE,
+            netns: 4026531840,
             dir: dir::ACTIVE,
-            flags: flag::OWNER_KNOWN | flag::DURATION_KNOWN | flag::RETRANS,
-            _pad: [0; 11],
+            flags: flag::OWNER_KNOWN | flag::DURATION_KNOWN | flag::RETRANS | flag::HANDSHAKE_KNOWN,
+            _pad: [0; 7],
         };
         e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);

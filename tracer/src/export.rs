@@ -328,6 +328,7 @@ pub fn encode_scrape(
             (labels(&[("reason", "timed_out")]), cn.timed_out),
             (labels(&[("reason", "unreachable")]), cn.unreachable),
             (labels(&[("reason", "aborted")]), cn.aborted),
+            (labels(&[("reason", "no_local_port")]), cn.no_local_port),
             (labels(&[("reason", "other")]), cn.other),
         ],
     )?;
@@ -454,38 +455,10 @@ pub fn encode_scrape(
 
     encode_namespaces(s, slots, &mut enc)?;
 
-    // The tracer's own health.
-    let h = &s.summary.tracer;
-    counter1(
-        &mut enc,
-        "events",
-        "Transitions the kernel program counted",
-        h.transitions_counted,
-    )?;
-    counter1(
-        &mut enc,
-        "events_dropped",
-        "Events the ring buffer could not take (aggregates stay exact)",
-        h.events_dropped,
-    )?;
-    counter1(
-        &mut enc,
-        "inflight_missing",
-        "Sockets first seen mid-life: evicted from the in-flight LRU map, or older than the tracer",
-        h.inflight_missing,
-    )?;
-    counter1(
-        &mut enc,
-        "inflight_insert_failures",
-        "In-flight map insertions that failed",
-        h.inflight_insert_failed,
-    )?;
-    counter1(
-        &mut enc,
-        "flow_table_overflows",
-        "Transitions missing from the per-peer tables because the flow table was full",
-        h.flow_table_full,
-    )?;
+    // The tracer's own health: the same list the text report prints.
+    for (name, help, value) in s.summary.tracer.entries() {
+        counter1(&mut enc, name, help, value)?;
+    }
     counter1(
         &mut enc,
         "bpf_runs",
@@ -768,6 +741,7 @@ mod tests {
             s.run_stats = RunStats {
                 run_count: 10,
                 run_time_ns: 2_000,
+                ..RunStats::default()
             };
             s.stats_enabled = true;
             encode_scrape(&s, slots, enc)

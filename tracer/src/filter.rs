@@ -33,11 +33,6 @@ pub struct FilterSpec {
     pub netns: Option<u32>,
 }
 
-/// Said after `netns N` while the kernel side cannot filter on namespaces.
-// TODO(kernel netns): "" once `to_kernel` sets the kernel filter's netns.
-pub const KERNEL_NETNS_NOTE: &str =
-    " (population only: transitions are not yet filtered by namespace)";
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
     #[error("--comm {0:?} is longer than the kernel's 15-byte command name")]
@@ -107,10 +102,9 @@ impl FilterSpec {
             any: (!self.is_empty()) as u8,
             ..Default::default()
         };
-        // TODO(kernel netns): `f.netns = self.netns.unwrap_or(0);` once the
-        // kernel Filter has the field. Until then `--netns` narrows the
-        // population (only that namespace is read) but not the transitions;
-        // `describe` says so.
+        // The kernel filters transitions by namespace; the population side
+        // reads only that namespace.
+        f.netns = self.netns.unwrap_or(0);
         if let Some(c) = &self.comm {
             f.has_comm = 1;
             f.comm[..c.len()].copy_from_slice(c.as_bytes());
@@ -184,7 +178,7 @@ impl FilterSpec {
             parts.push(fam_name(f).to_string());
         }
         if let Some(n) = self.netns {
-            parts.push(format!("netns {n}{KERNEL_NETNS_NOTE}"));
+            parts.push(format!("netns {n}"));
         }
         if parts.is_empty() {
             "all TCP".into()
@@ -219,10 +213,12 @@ mod tests {
             port: Some(443),
             addr: Some("10.0.0.0/8".parse().unwrap()),
             family: Some(Family::Ipv4),
+            netns: Some(4026531840),
             ..Default::default()
         };
         f.validate().unwrap();
         let k = f.to_kernel();
+        assert_eq!(k.netns, 4026531840);
         assert_eq!(k.tgid, 42);
         assert_eq!(&k.comm[..5], b"curl\0");
         assert_eq!(k.has_comm, 1);

@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod diag;
+pub mod diag_storage;
 pub mod event;
 pub mod export;
 pub mod filter;
@@ -134,6 +135,7 @@ impl Tracer {
         let now_ns = monotonic_ns();
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
+            &found,
             &tally.close_wait,
             now_ns,
             opts.close_wait_threshold,
@@ -172,6 +174,7 @@ impl Tracer {
     /// the socket's fd now (/proc), else the one the kernel side captured.
     fn close_wait_leaks(
         &self,
+        namespaces: &netns::Discovery,
         sockets: &[(u32, DiagSocket)],
         now_ns: u64,
         threshold: std::time::Duration,
@@ -179,8 +182,13 @@ impl Tracer {
     ) -> anyhow::Result<Vec<CloseWaitLeak>> {
         let uptime_ns = self.started.elapsed().as_nanos() as u64;
         let mut old = Vec::new();
+        let states = if sockets.iter().any(|(_, s)| s.state == state::CLOSE_WAIT) {
+            self.close_wait_states(namespaces, sockets)
+        } else {
+            Default::default()
+        };
         for (netns, s) in sockets.iter().filter(|(_, s)| s.state == state::CLOSE_WAIT) {
-            let st = self.probe.inflight(s.cookie)?;
+            let st = states.get(&s.cookie).copied();
             let (age_ns, exact) = match st {
                 Some(st) if st.ts_state != 0 => (now_ns.saturating_sub(st.ts_state), true),
                 _ => (uptime_ns, false),
@@ -227,21 +235,77 @@ impl Tracer {
     }
 }
 
+impl Tracer {
+    /// The kernel side's state of the CLOSE_WAIT sockets of every namespace
+    /// that has some, by cookie (cookies are unique host-wide). sock_diag
+    /// returns it in the namespace it is asked in, so other namespaces are
+    /// asked from inside (setns); where that fails (no CAP_SYS_ADMIN: the
+    /// /proc road has no cookies anyway) the ages are lower bounds.
+    fn close_wait_states(
+        &self,
+        found: &netns::Discovery,
+        sockets: &[(u32, DiagSocket)],
+    ) -> std::collections::HashMap<u64, tracer_common::SockState> {
+        let mut out = std::collections::HashMap::new();
+        let fd = match self.probe.socket_storage_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("CLOSE_WAIT ages unavailable (socket storage map): {e:#}");
+                return out;
+            }
+        };
+        let mask = diag::states(&[state::CLOSE_WAIT]);
+        let wanted: std::collections::BTreeSet<u32> = sockets.iter().map(|(n, _)| *n).collect();
+        for ns in found
+            .namespaces
+            .iter()
+            .filter(|n| wanted.contains(&n.inode))
+        {
+            let got = if ns.inode == found.own {
+                diag_storage::states_by_cookie(fd, mask).map_err(anyhow::Error::from)
+            } else {
+                netns::within(ns, || diag_storage::states_by_cookie(fd, mask))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| Ok(r?))
+            };
+            match got {
+                Ok(m) => out.extend(m),
+                Err(e) => log::debug!("CLOSE_WAIT ages in netns {}: {e:#}", ns.inode),
+            }
+        }
+        out
+    }
+}
+
+/// This process's network namespace inode (sock_diag answers for it).
+pub fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
+}
+
 fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {
     let found = netns::discover().context("finding network namespaces")?;
     let listeners = population::listeners(&found);
     let inodes: Vec<u32> = listeners.iter().map(|l| l.2).collect();
     let owners = procs::socket_owners(&inodes);
-    // TODO(kernel netns): listeners are keyed by port alone in the kernel
-    // today, so only the tracer's own namespace is seeded (another
-    // namespace's listener on the same port would overwrite it); seed
-    // every namespace with `(netns, port, owner)` once they are keyed by both.
-    let seeds: Vec<_> = listeners
-        .iter()
-        .filter(|(ns, ..)| *ns == found.own)
-        .map(|(_, port, inode)| (*port, owners.get(inode).copied().unwrap_or_default()))
-        .collect();
-    probe.seed_listeners(&seeds)?;
+    // Listeners keyed by (netns, port), with their socket count.
+    let mut seeds: BTreeMap<tracer_common::ListenerKey, tracer_common::Owner> = BTreeMap::new();
+    for (netns, port, inode) in &listeners {
+        let key = tracer_common::ListenerKey {
+            netns: *netns,
+            port: *port,
+            _pad: 0,
+        };
+        let seed = seeds.entry(key).or_default();
+        if let Some(o) = owners.get(inode) {
+            *seed = tracer_common::Owner {
+                sockets: seed.sockets,
+                ..*o
+            };
+        }
+        seed.sockets += 1;
+    }
+    probe.seed_listeners(&seeds.into_iter().collect::<Vec<_>>())?;
     Ok(())
 }
 

@@ -39,6 +39,7 @@ pub fn close_kind_name(k: u8) -> &'static str {
         close::CONNECT_TIMEOUT => "connect_timeout",
         close::CONNECT_UNREACHABLE => "connect_unreachable",
         close::CONNECT_ABORTED => "connect_aborted",
+        close::CONNECT_NO_LOCAL_PORT => "connect_no_local_port",
         close::PASSIVE_FAILED => "passive_failed",
         close::LISTENER_CLOSED => "listener_closed",
         _ => "other",
@@ -173,6 +174,11 @@ pub struct Snapshot {
     /// TIME_WAIT entries per CLOCK_MONOTONIC second, (second, count), for
     /// the last 64 seconds that had any.
     pub time_wait_by_second: Vec<(u64, u64)>,
+    /// Flow figures of connections that found the flow table full: with
+    /// `flows`, they add up to the totals.
+    pub other_flow: FlowStats,
+    /// Program runs the kernel skipped (recursion on a CPU).
+    pub recursion_misses: u64,
 }
 
 impl Snapshot {
@@ -183,7 +189,20 @@ impl Snapshot {
             hists: vec![Histogram::default(); tracer_common::hist_kind::COUNT as usize],
             flows: Vec::new(),
             time_wait_by_second: Vec::new(),
+            other_flow: FlowStats::default(),
+            recursion_misses: 0,
         }
+    }
+
+    /// Add one CPU's stats block.
+    pub fn add_stats(&mut self, st: &tracer_common::Stats) {
+        for (a, b) in self.counters.iter_mut().zip(st.counters.iter()) {
+            *a += b;
+        }
+        for (i, n) in st.transitions.iter().enumerate() {
+            self.transitions[i / state::COUNT][i % state::COUNT] += n;
+        }
+        add_flow_stats(&mut self.other_flow, &st.other_flow);
     }
 
     /// TIME_WAIT entries in the 60 s before `now_sec` (inclusive): the
@@ -224,6 +243,7 @@ pub fn sum_flow_stats<'a>(values: impl IntoIterator<Item = &'a FlowStats>) -> Fl
 pub fn add_flow_stats(acc: &mut FlowStats, v: &FlowStats) {
     acc.established += v.established;
     acc.connect_failed += v.connect_failed;
+    acc.connect_no_local_port += v.connect_no_local_port;
     acc.time_wait += v.time_wait;
     acc.fin_wait2_parked += v.fin_wait2_parked;
     acc.resets_sent += v.resets_sent;
@@ -258,6 +278,8 @@ pub fn comm_str(c: &[u8]) -> String {
 pub struct GroupStats {
     pub established: u64,
     pub connect_failed: u64,
+    /// Of those, connect() found no free local port (EADDRNOTAVAIL).
+    pub connect_no_local_port: u64,
     /// Entries into the timewait table (TIME_WAIT, and orphans parked in FIN_WAIT2).
     pub time_wait_entries: u64,
     /// Of those, orphans parked in FIN_WAIT2 before the peer's FIN: each ends
@@ -291,6 +313,7 @@ impl GroupStats {
     fn add(&mut self, f: &FlowStats, sums: &mut GroupSums) {
         self.established += f.established;
         self.connect_failed += f.connect_failed;
+        self.connect_no_local_port += f.connect_no_local_port;
         self.time_wait_entries += f.time_wait;
         self.fin_wait2_parked += f.fin_wait2_parked;
         self.resets_sent += f.resets_sent;
@@ -331,17 +354,9 @@ struct GroupSums {
     lifetime_ns: u64,
 }
 
-/// The network namespace (inode) a flow belongs to; None while the kernel
-/// side does not carry it.
-// TODO(kernel netns): `Some(k.netns)` once FlowKey has the field.
-pub fn flow_netns(_k: &FlowKey) -> Option<u32> {
-    None
-}
-
-/// The network namespace (inode) of an event's socket, when the kernel says.
-// TODO(kernel netns): `Some(e.netns)` once Event has the field.
-pub fn event_netns(_e: &tracer_common::Event) -> Option<u32> {
-    None
+/// The network namespace (inode) a flow belongs to (None: not known, 0).
+pub fn flow_netns(k: &FlowKey) -> Option<u32> {
+    (k.netns != 0).then_some(k.netns)
 }
 
 /// Group flows by `key_of`, then keep the `top` largest by volume (ties by key).
@@ -373,10 +388,10 @@ pub fn group_flows<K: Ord + Clone>(
     out
 }
 
-/// Replays synthetic transitions through the same `account::effects` the
-/// kernel program applies, with the same per-socket bookkeeping (direction
-/// from the birth transition, flow key by direction). Unit tests use it to pin
-/// down what every counter means for each path of the TCP state machine.
+/// Replays synthetic transitions through the same `account::effects`,
+/// `account::apply_flow` and `machine` rules the kernel program applies, with
+/// the same per-socket state. Unit tests use it to pin down what every
+/// counter means for each path of the TCP state machine.
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct Replay {
@@ -387,8 +402,7 @@ pub(crate) struct Replay {
 #[cfg(test)]
 #[derive(Clone, Copy, Default)]
 struct ReplaySock {
-    dir: u8,
-    tgid: u32,
+    st: tracer_common::SockState,
     raddr: [u8; 4],
     lport: u16,
     rport: u16,
@@ -413,17 +427,17 @@ impl Replay {
         retrans: u32,
         handshake_ns: Option<u64>,
     ) {
-        use tracer_common::account::{effects, NONE};
-        let s = *self.socks.entry(sock).or_default();
-        let e = effects(
-            old,
-            new,
-            s.dir,
+        use tracer_common::account::{apply_flow, effects, flow_point, Facts, FlowFacts, NONE};
+        let mut s = *self.socks.entry(sock).or_default();
+        s.st.decide(true);
+        let facts = Facts {
             sk_err,
             sock_done,
+            lport: s.lport,
             retrans,
-            handshake_ns.is_some(),
-        );
+            handshake_known: handshake_ns.is_some(),
+        };
+        let e = effects(old, new, s.st.dir, &facts);
         let snap = self.snap();
         snap.transitions[old as usize][new as usize] += 1;
         for c in e.counters {
@@ -434,56 +448,61 @@ impl Replay {
         if e.hist != NONE {
             snap.hists[e.hist as usize].record(handshake_ns.unwrap_or(0));
         }
-        if e.touches_flow() {
-            let mut raddr = [0u8; 16];
-            raddr[..4].copy_from_slice(&s.raddr);
-            let key = FlowKey {
-                raddr,
-                laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                family: tracer_common::AF_INET,
-                port: if s.dir == dir::ACTIVE {
-                    s.rport
-                } else {
-                    s.lport
-                },
-                tgid: s.tgid,
-                dir: s.dir,
-                _pad: [0; 3],
+        s.st.closes |= e.close_path;
+        if e.flow != flow_point::NONE {
+            let ff = FlowFacts {
+                handshake_ns: handshake_ns.unwrap_or(0),
+                handshake_known: handshake_ns.is_some(),
+                retrans,
+                ..FlowFacts::default()
             };
-            let hs = handshake_ns.unwrap_or(0);
-            let delta = FlowStats {
-                established: e.established as u64,
-                connect_failed: e.connect_failed as u64,
-                time_wait: e.time_wait as u64,
-                fin_wait2_parked: e.fin_wait2_parked as u64,
-                resets_sent: e.resets_sent as u64,
-                resets_received: e.resets_received as u64,
-                close_local_first: e.close_local_first as u64,
-                close_peer_first: e.close_peer_first as u64,
-                close_simultaneous: e.close_simultaneous as u64,
-                handshake_count: e.handshake as u64,
-                handshake_sum_ns: if e.handshake != 0 { hs } else { 0 },
-                handshake_max_ns: if e.handshake != 0 { hs } else { 0 },
-                handshake_retrans: (e.handshake != 0 && retrans > 0) as u64,
-                retrans_total: if e.handshake != 0 { retrans as u64 } else { 0 },
-                ..FlowStats::default()
+            let key = Self::key(&s);
+            let i = match snap.flows.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    snap.flows.push((key, FlowStats::default()));
+                    snap.flows.len() - 1
+                }
             };
-            match snap.flows.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, f)) => add_flow_stats(f, &delta),
-                None => snap.flows.push((key, delta)),
-            }
+            apply_flow(&mut snap.flows[i].1, &e, &s.st, &ff);
         }
         if new == state::CLOSE {
             self.socks.remove(&sock);
+        } else {
+            self.socks.insert(sock, s);
+        }
+    }
+
+    fn key(s: &ReplaySock) -> FlowKey {
+        let mut raddr = [0u8; 16];
+        raddr[..4].copy_from_slice(&s.raddr);
+        FlowKey {
+            raddr,
+            laddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            family: tracer_common::AF_INET,
+            port: if s.st.dir == dir::ACTIVE {
+                s.rport
+            } else {
+                s.lport
+            },
+            tgid: s.st.key_tgid,
+            netns: 1,
+            dir: s.st.dir,
+            _pad: [0; 3],
         }
     }
 
     fn born(&mut self, sock: u64, dir: u8, tgid: u32, raddr: [u8; 4], lport: u16, rport: u16) {
+        let mut st = tracer_common::SockState::default();
+        st.born(dir, 1, true, 1);
+        st.set_owner(&tracer_common::machine::OwnerFacts {
+            tgid,
+            ..Default::default()
+        });
         self.socks.insert(
             sock,
             ReplaySock {
-                dir,
-                tgid,
+                st,
                 raddr,
                 lport,
                 rport,
@@ -774,35 +793,40 @@ mod tests {
     fn connect_failures_by_errno() {
         use tracer_common::account::classify_close;
         assert_eq!(
-            classify_close(state::SYN_SENT, errno::ETIMEDOUT, false),
+            classify_close(state::SYN_SENT, errno::ETIMEDOUT, false, 40000),
             close::CONNECT_TIMEOUT
         );
         assert_eq!(
-            classify_close(state::SYN_SENT, errno::EHOSTUNREACH, false),
+            classify_close(state::SYN_SENT, errno::EHOSTUNREACH, false, 40000),
             close::CONNECT_UNREACHABLE
         );
         assert_eq!(
-            classify_close(state::SYN_SENT, 0, false),
+            classify_close(state::SYN_SENT, 0, false, 40000),
             close::CONNECT_ABORTED
         );
+        // No local port ever assigned: EADDRNOTAVAIL, not an abort.
         assert_eq!(
-            classify_close(state::ESTABLISHED, errno::ETIMEDOUT, false),
+            classify_close(state::SYN_SENT, 0, false, 0),
+            close::CONNECT_NO_LOCAL_PORT
+        );
+        assert_eq!(
+            classify_close(state::ESTABLISHED, errno::ETIMEDOUT, false, 40000),
             close::TIMEOUT
         );
         assert_eq!(
-            classify_close(state::CLOSE_WAIT, errno::EPIPE, true),
+            classify_close(state::CLOSE_WAIT, errno::EPIPE, true, 40000),
             close::RESET_RECEIVED
         );
         assert_eq!(
-            classify_close(state::FIN_WAIT2, errno::ECONNRESET, false),
+            classify_close(state::FIN_WAIT2, errno::ECONNRESET, false, 40000),
             close::RESET_RECEIVED
         );
         assert_eq!(
-            classify_close(state::SYN_RECV, 0, false),
+            classify_close(state::SYN_RECV, 0, false, 40000),
             close::PASSIVE_FAILED
         );
         assert_eq!(
-            classify_close(state::LISTEN, 0, false),
+            classify_close(state::LISTEN, 0, false, 40000),
             close::LISTENER_CLOSED
         );
     }

@@ -46,16 +46,18 @@ pub fn compute(btf: &Btf) -> Result<Offsets, OffsetError> {
         skc_family: sk("skc_family")?,
         skc_v6_daddr: sk("skc_v6_daddr")?,
         skc_v6_rcv_saddr: sk("skc_v6_rcv_saddr")?,
+        skc_net: sk("skc_net")?,
+        net_ns_inum: offset_of(btf, "net", &["ns", "inum"])?,
         sk_protocol: offset_of(btf, "sock", &["sk_protocol"])?,
         sk_err: offset_of(btf, "sock", &["sk_err"])?,
         // Linux 6.18 moved it into sock_common (`#define sk_flags __sk_common.skc_flags`).
         sk_flags: offset_of(btf, "sock", &["sk_flags"])
             .or_else(|_| offset_of(btf, "sock", &["__sk_common", "skc_flags"]))?,
-        inet_sport: offset_of(btf, "inet_sock", &["inet_sport"])?,
         srtt_us: offset_of(btf, "tcp_sock", &["srtt_us"])?,
         total_retrans: offset_of(btf, "tcp_sock", &["total_retrans"])?,
         bytes_received: offset_of(btf, "tcp_sock", &["bytes_received"])?,
         bytes_acked: offset_of(btf, "tcp_sock", &["bytes_acked"])?,
+        inet_sport: offset_of(btf, "inet_sock", &["inet_sport"])?,
         valid: 1,
     })
 }
@@ -142,8 +144,8 @@ mod tests {
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);
         assert!(o.skc_v6_daddr > o.skc_family);
-        assert!(o.inet_sport > o.sk_err);
-        assert!(o.srtt_us > o.inet_sport);
+        assert!(o.srtt_us > o.sk_err);
+        assert!(o.skc_net > o.skc_family && o.net_ns_inum > 0);
         assert_eq!(o.valid, 1);
     }
 }

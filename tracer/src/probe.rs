@@ -7,8 +7,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tracer_common::{
-    counter, hist::Hist, hist_kind, state, Filter, FlowKey, FlowStats, Owner, SockState, TwSlot,
-    TRANSITION_SLOTS, TW_SLOTS,
+    hist::Hist, hist_kind, Filter, FlowKey, FlowStats, ListenerKey, Owner, Stats, TwSlot, TW_SLOTS,
 };
 
 use crate::{
@@ -30,6 +29,12 @@ pub const NOOP_PROGRAM: &str = "noop";
 pub struct RunStats {
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Runs the kernel skipped because the program was already running on
+    /// that CPU (`recursion_misses` in the program's fdinfo): transitions the
+    /// tracer never saw. 0 where the kernel does not report it.
+    pub recursion_misses: u64,
+    /// Instructions the verifier processed when it loaded the program.
+    pub verified_insns: Option<u32>,
 }
 
 impl RunStats {
@@ -72,7 +77,20 @@ fn program_stats(ebpf: &Ebpf, name: &str) -> Result<RunStats, ProbeError> {
     Ok(RunStats {
         run_count: info.run_count(),
         run_time_ns: info.run_time().as_nanos() as u64,
+        recursion_misses: recursion_misses(prog).unwrap_or(0),
+        verified_insns: info.verified_instruction_count(),
     })
+}
+
+/// `recursion_misses` from /proc/self/fdinfo of the program's fd (aya's
+/// ProgramInfo does not expose it).
+fn recursion_misses(prog: &aya::programs::Program) -> Option<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The empty `noop` program attached alone to the tracepoint, to measure
@@ -105,10 +123,15 @@ impl NoopProbe {
 
 /// Give the heap the kernel BTF parse used (~20 MB, freed by now) back to
 /// the system, so a long-running collector's resident set stays small.
+#[cfg(target_env = "gnu")]
 fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free heap memory; no pointers change.
     unsafe { libc::malloc_trim(0) };
 }
+
+/// (musl's allocator returns freed memory by itself.)
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
 
 /// Check for the capabilities loading and attaching need, before touching
 /// anything, so a failure leaves nothing half-attached.
@@ -143,20 +166,22 @@ pub struct ProbeOptions {
     pub emit_events: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
-    /// Capacity of the in-flight socket LRU map.
-    pub inflight_entries: u32,
     /// Capacity of the per-flow breakdown table.
     pub flow_entries: u32,
 }
+
+/// Default ring buffer size (4 MiB; `--ring-kib`).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+/// Default flow-table capacity.
+pub const DEFAULT_FLOW_ENTRIES: u32 = 16_384;
 
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
             filter: Filter::default(),
             emit_events: false,
-            ring_bytes: 1 << 22,
-            inflight_entries: 262_144,
-            flow_entries: 16_384,
+            ring_bytes: DEFAULT_RING_BYTES,
+            flow_entries: DEFAULT_FLOW_ENTRIES,
         }
     }
 }
@@ -178,12 +203,15 @@ impl Probe {
         // One parse of the kernel's BTF serves the loader and the program
         // (aya would otherwise read and parse it twice: start-up time).
         let btf = Btf::from_sys_fs()?;
+        // Wake the reader once a quarter of the ring is pending (it also
+        // drains on a timer): one wake-up per burst, not per event.
+        let wake_bytes = u64::from(opts.ring_bytes / 4);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
+            .override_global("WAKE_BYTES", &wake_bytes, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
-            .map_max_entries("INFLIGHT", opts.inflight_entries)
             .map_max_entries("FLOWS", opts.flow_entries)
             .load(OBJECT)?;
         let prog: &mut BtfTracePoint = ebpf
@@ -223,18 +251,31 @@ impl Probe {
     }
 
     /// Tell the kernel side who owns listening sockets that predate the tracer.
-    pub fn seed_listeners(&mut self, owners: &[(u16, Owner)]) -> Result<(), ProbeError> {
+    pub fn seed_listeners(&mut self, owners: &[(ListenerKey, Owner)]) -> Result<(), ProbeError> {
         let map = self
             .ebpf
             .map_mut("LISTENERS")
             .ok_or(ProbeError::MissingMap("LISTENERS"))?;
-        let mut m: BpfHashMap<_, u16, Owner> =
+        let mut m: BpfHashMap<_, ListenerKey, Owner> =
             BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("LISTENERS", e))?;
-        for (port, owner) in owners {
+        for (key, owner) in owners {
             // BPF_NOEXIST: a listen() the program already saw wins.
-            let _ = m.insert(port, owner, 1);
+            let _ = m.insert(key, owner, 1);
         }
         Ok(())
+    }
+
+    /// The socket-storage map (per-socket state), for sock_diag's
+    /// INET_DIAG_REQ_SK_BPF_STORAGES requests.
+    pub fn socket_storage_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("SOCKS")
+            .ok_or(ProbeError::MissingMap("SOCKS"))?;
+        match map {
+            aya::maps::Map::SkStorage(data) => Ok(std::os::fd::AsFd::as_fd(data.fd())),
+            _ => Err(ProbeError::MissingMap("SOCKS")),
+        }
     }
 
     /// Read every aggregate, summed over CPUs.
@@ -243,20 +284,10 @@ impl Probe {
         let map = |name: &'static str| self.ebpf.map(name).ok_or(ProbeError::MissingMap(name));
         let err = |name: &'static str| move |e| ProbeError::Map(name, e);
 
-        let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map("COUNTERS")?).map_err(err("COUNTERS"))?;
-        for i in 0..counter::COUNT {
-            snap.counters[i as usize] = counters.get(&i, 0).map_err(err("COUNTERS"))?.iter().sum();
-        }
-        let transitions: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map("TRANSITIONS")?).map_err(err("TRANSITIONS"))?;
-        for i in 0..TRANSITION_SLOTS {
-            let n: u64 = transitions
-                .get(&i, 0)
-                .map_err(err("TRANSITIONS"))?
-                .iter()
-                .sum();
-            snap.transitions[i as usize / state::COUNT][i as usize % state::COUNT] = n;
+        let stats: PerCpuArray<_, Stats> =
+            PerCpuArray::try_from(map("STATS")?).map_err(err("STATS"))?;
+        for per_cpu in stats.get(&0, 0).map_err(err("STATS"))?.iter() {
+            snap.add_stats(per_cpu);
         }
         let hists: PerCpuArray<_, Hist> =
             PerCpuArray::try_from(map("HISTS")?).map_err(err("HISTS"))?;
@@ -284,23 +315,7 @@ impl Probe {
             }
         }
         snap.time_wait_by_second = by_sec.into_iter().collect();
+        snap.recursion_misses = self.run_stats()?.recursion_misses;
         Ok(snap)
-    }
-
-    /// The kernel side's per-socket state for one socket cookie (the id
-    /// sock_diag reports), if the socket is in flight.
-    pub fn inflight(&self, cookie: u64) -> Result<Option<SockState>, ProbeError> {
-        let map = self
-            .ebpf
-            .map("INFLIGHT")
-            .ok_or(ProbeError::MissingMap("INFLIGHT"))?;
-        // aya reads LRU hash maps through its HashMap type.
-        let m: BpfHashMap<_, u64, SockState> =
-            BpfHashMap::try_from(map).map_err(|e| ProbeError::Map("INFLIGHT", e))?;
-        match m.get(&cookie, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(ProbeError::Map("INFLIGHT", e)),
-        }
     }
 }

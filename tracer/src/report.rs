@@ -86,6 +86,9 @@ pub struct Connects {
     pub unreachable: u64,
     /// Closed by the application before the handshake finished.
     pub aborted: u64,
+    /// connect() found no free local port (EADDRNOTAVAIL): the failure
+    /// TIME_WAIT buildup causes (see port_pressure).
+    pub no_local_port: u64,
     pub other: u64,
 }
 
@@ -314,20 +317,109 @@ pub struct ProcessRow {
     pub stats: GroupStats,
 }
 
-/// The tracer's own health: every loss is counted here.
+/// The tracer's own health: every loss or skip is counted here.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Health {
     pub transitions_counted: u64,
     /// Events the ring buffer could not take (live mode). Aggregates stay exact.
     pub events_dropped: u64,
-    /// Sockets whose earlier transitions were not seen: LRU evictions, or sockets
-    /// older than the tracer. Their handshake latency / time-in-state is unknown.
+    /// Sockets first seen mid-life (older than the tracer): their handshake
+    /// latency / time-in-state is unknown; their transitions count.
     pub inflight_missing: u64,
+    /// Socket storage that could not be created (kernel memory).
     pub inflight_insert_failed: u64,
-    /// Flow-table overflow: those transitions are in the totals but not in the top-N tables.
+    /// Connections that found the flow table full: in the totals and in the
+    /// `other` row, not in a row of their own.
     pub flow_table_full: u64,
     pub filtered_out: u64,
     pub non_tcp_ignored: u64,
+    /// Runs that returned early: another address family or state number
+    /// (`skipped`), or the offsets not filled in (`skipped_no_offsets`).
+    pub skipped: u64,
+    pub skipped_no_offsets: u64,
+    /// Transitions whose TCP facts could not be read (`bpf_skc_to_tcp_sock`).
+    pub tcp_sock_unavailable: u64,
+    /// Listening sockets the listener table had no room for.
+    pub listener_table_full: u64,
+    /// Passive handshakes without an RTT sample (not counted as 0 µs).
+    pub passive_rtt_unknown: u64,
+    /// Program runs the kernel skipped (the program was already running on
+    /// that CPU): transitions never seen.
+    pub recursion_misses: u64,
+}
+
+impl Health {
+    /// Every figure with its metric name and meaning: the text report and
+    /// the exporter both print this list.
+    pub fn entries(&self) -> [(&'static str, &'static str, u64); 13] {
+        [
+            (
+                "events",
+                "Transitions the kernel program counted",
+                self.transitions_counted,
+            ),
+            (
+                "events_dropped",
+                "Events the ring buffer could not take (aggregates stay exact)",
+                self.events_dropped,
+            ),
+            (
+                "inflight_missing",
+                "Sockets first seen mid-life (older than the tracer)",
+                self.inflight_missing,
+            ),
+            (
+                "inflight_insert_failures",
+                "Socket storage creations that failed",
+                self.inflight_insert_failed,
+            ),
+            (
+                "flow_table_overflows",
+                "Connections counted in the other row because the flow table was full",
+                self.flow_table_full,
+            ),
+            (
+                "filtered_out",
+                "Transitions the filters dropped",
+                self.filtered_out,
+            ),
+            (
+                "non_tcp_ignored",
+                "MPTCP/SCTP transitions on the tracepoint, ignored",
+                self.non_tcp_ignored,
+            ),
+            (
+                "skipped",
+                "Runs skipped: another address family or state number",
+                self.skipped,
+            ),
+            (
+                "skipped_no_offsets",
+                "Runs before the field offsets were loaded",
+                self.skipped_no_offsets,
+            ),
+            (
+                "tcp_sock_unavailable",
+                "Transitions whose TCP facts could not be read",
+                self.tcp_sock_unavailable,
+            ),
+            (
+                "listener_table_full",
+                "Listening sockets the listener table had no room for",
+                self.listener_table_full,
+            ),
+            (
+                "passive_rtt_unknown",
+                "Passive handshakes without an RTT sample",
+                self.passive_rtt_unknown,
+            ),
+            (
+                "recursion_misses",
+                "Program runs the kernel skipped (recursion on a CPU)",
+                self.recursion_misses,
+            ),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -780,6 +872,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         close::CONNECT_TIMEOUT,
         close::CONNECT_UNREACHABLE,
         close::CONNECT_ABORTED,
+        close::CONNECT_NO_LOCAL_PORT,
     ];
     let connect_failed = snap.transition(state::SYN_SENT, state::CLOSE);
     Summary {
@@ -796,6 +889,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             timed_out: k(close::CONNECT_TIMEOUT),
             unreachable: k(close::CONNECT_UNREACHABLE),
             aborted: k(close::CONNECT_ABORTED),
+            no_local_port: k(close::CONNECT_NO_LOCAL_PORT),
             other: connect_failed.saturating_sub(failed.iter().map(|f| k(*f)).sum()),
         },
         accepts: Accepts {
@@ -851,6 +945,12 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             flow_table_full: c(counter::FLOW_TABLE_FULL),
             filtered_out: c(counter::FILTERED_OUT),
             non_tcp_ignored: c(counter::NON_TCP),
+            skipped: c(counter::SKIPPED_OTHER),
+            skipped_no_offsets: c(counter::SKIPPED_NO_OFFSETS),
+            tcp_sock_unavailable: c(counter::TCP_SOCK_UNAVAILABLE),
+            listener_table_full: c(counter::LISTENER_TABLE_FULL),
+            passive_rtt_unknown: c(counter::PASSIVE_RTT_UNKNOWN),
+            recursion_misses: snap.recursion_misses,
         },
     }
 }
@@ -1212,8 +1312,8 @@ pub fn render_text(s: &Summary) -> String {
     let cn = &s.connects;
     let _ = writeln!(
         o,
-        "\nConnects: {} attempted, {} established, {} failed (refused {}, timed out {}, unreachable {}, aborted {}, other {})",
-        cn.attempts, cn.established, cn.failed, cn.refused, cn.timed_out, cn.unreachable, cn.aborted, cn.other
+        "\nConnects: {} attempted, {} established, {} failed (refused {}, timed out {}, unreachable {}, aborted {}, no local port {}, other {})",
+        cn.attempts, cn.established, cn.failed, cn.refused, cn.timed_out, cn.unreachable, cn.aborted, cn.no_local_port, cn.other
     );
     let _ = writeln!(
         o,
@@ -1381,17 +1481,13 @@ pub fn render_text(s: &Summary) -> String {
             t.count
         );
     }
-    let h = &s.tracer;
-    let _ = writeln!(
-        o,
-        "\nTracer: {} transitions counted, {} events dropped, {} sockets seen mid-life, {} in-flight insert failures, {} flow-table overflows, {} filtered out",
-        h.transitions_counted,
-        h.events_dropped,
-        h.inflight_missing,
-        h.inflight_insert_failed,
-        h.flow_table_full,
-        h.filtered_out
-    );
+    let health: Vec<String> = s
+        .tracer
+        .entries()
+        .iter()
+        .map(|(name, _, v)| format!("{name} {v}"))
+        .collect();
+    let _ = writeln!(o, "\nTracer: {}", health.join(", "));
     o
 }
 

@@ -51,6 +51,10 @@ pub(crate) fn spawn_ebpf_logger(t: &mut Tracer) {
     });
 }
 
+/// How often live mode drains the ring buffer between wake-ups: the most an
+/// event waits before it is printed.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(args.filter.spec()?, true, args.ring_kib * 1024)?;
     spawn_ebpf_logger(&mut tracer);
@@ -95,10 +99,14 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     };
     let stop = stop_signal(args.duration);
     tokio::pin!(stop);
+    // The kernel side wakes us only once a quarter of the ring is pending
+    // (one wake-up per burst); this timer drains what a quiet period leaves.
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     let result: io::Result<()> = async {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = tick.tick() => drain(fd.get_mut())?,
                 guard = fd.readable_mut() => {
                     let mut guard = guard?;
                     drain(guard.get_inner_mut())?;

@@ -1,0 +1,55 @@
+//! Every map of the program. Per-CPU where the program writes counters, so
+//! runs on different CPUs never contend; userspace sums over CPUs.
+
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use tracer_common::{
+    hist::Hist, hist_kind, FlowKey, FlowStats, ListenerKey, Owner, SockState, Stats, TwSlot,
+    TW_SLOTS,
+};
+
+/// Events for live mode (written in place; full → counted as dropped).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Counters, the transition matrix and the flow table's `other` row: the
+/// one lookup every run makes.
+#[map]
+pub static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(hist_kind::COUNT, 0);
+
+/// TIME_WAIT entries per second, in a ring of `TW_SLOTS` seconds.
+#[map]
+pub static TW_SECONDS: PerCpuArray<TwSlot> = PerCpuArray::with_max_entries(TW_SLOTS, 0);
+
+/// Per-flow breakdown; connections that find it full go to `Stats::other_flow`.
+#[map]
+pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16_384, 0);
+
+/// Listening ports per network namespace → the process that called listen().
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, Owner> = HashMap::with_max_entries(8192, 0);
+
+/// Per-socket state, freed by the kernel with the socket.
+#[btf_map]
+pub static SOCKS: SkStorage<SockState> = SkStorage::new();
+
+/// This CPU's stats block.
+#[inline(always)]
+pub fn stats() -> Option<&'static mut Stats> {
+    // SAFETY: per-CPU slot; this program is its only writer on this CPU, and
+    // a run is not preempted by another run of itself on the same CPU.
+    STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn bump(stats: &mut Stats, counter: u32) {
+    if let Some(c) = stats.counters.get_mut(counter as usize) {
+        *c += 1;
+    }
+}

@@ -1,0 +1,376 @@
+//! A transition of a connection's socket: its storage, verdict, counters,
+//! histograms, flow row and event.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get},
+    },
+};
+use tracer_common::{
+    account::{effects, flow_point, payload_bytes, Effects, Facts, FlowFacts, NONE},
+    counter, dir, flag, hist_kind,
+    machine::{self, OwnerFacts},
+    state, transition_index, verdict, SockState, Stats, AF_INET, AF_INET6, IPPROTO_TCP,
+    TASK_COMM_LEN,
+};
+
+use crate::{
+    filter::{self, Verdict},
+    ld, listener,
+    maps::{bump, stats, SOCKS},
+    output::{self, EventFacts, FlowArgs},
+    sock::{self, Ends},
+};
+
+/// One run's transition: the socket, the two states, the time and the ends.
+pub struct Tr {
+    pub sk: *const u8,
+    pub old: u8,
+    pub new: u8,
+    pub now: u64,
+    pub ends: Ends,
+}
+
+/// The task running now, as a socket owner (meaningful only in the
+/// process-context transitions, `machine::in_owner_context`).
+#[inline(always)]
+pub fn current_owner() -> OwnerFacts {
+    OwnerFacts {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    }
+}
+
+/// Count a transition whose effects need no socket facts (listener
+/// transitions, and a deferred CLOSE→SYN_SENT / LISTEN→SYN_RECV).
+#[inline(always)]
+pub fn count_simple(stats: &mut Stats, old: u8, new: u8) {
+    let e = effects(old, new, dir::UNKNOWN, &Facts::default());
+    count(stats, old, new, &e);
+}
+
+#[inline(always)]
+fn count(stats: &mut Stats, old: u8, new: u8, e: &Effects) {
+    if let Some(t) = stats
+        .transitions
+        .get_mut(transition_index(old, new) as usize)
+    {
+        *t += 1;
+    }
+    for c in e.counters {
+        if c != NONE {
+            bump(stats, c);
+        }
+    }
+}
+
+pub fn on_transition(sk: *const u8, old: u64, new: u64) {
+    let Some(stats) = stats() else { return };
+    if ld!(OFFSETS.valid) == 0 {
+        bump(stats, counter::SKIPPED_NO_OFFSETS);
+        return;
+    }
+    if old >= state::COUNT as u64 || new >= state::COUNT as u64 {
+        bump(stats, counter::SKIPPED_OTHER);
+        return;
+    }
+    let (old, new) = (old as u8, new as u8);
+    if sock::protocol(sk) != IPPROTO_TCP {
+        bump(stats, counter::NON_TCP);
+        return;
+    }
+    let family = sock::family(sk);
+    if family != AF_INET && family != AF_INET6 {
+        bump(stats, counter::SKIPPED_OTHER);
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let t = Tr {
+        sk,
+        old,
+        new,
+        now,
+        ends: sock::ends(sk, family, new == state::CLOSE),
+    };
+    if machine::is_listener(old, new) {
+        listener::on_listener(stats, &t);
+    } else {
+        connection(stats, &t);
+    }
+}
+
+#[inline(never)]
+fn connection(stats: &mut Stats, t: &Tr) {
+    match storage(t.sk) {
+        Some(st) => on_socket(stats, st, t),
+        None => {
+            // No storage (kernel memory): the transition still counts in the
+            // matrix, with no per-socket facts.
+            bump(stats, counter::INFLIGHT_INSERT_FAILED);
+            count_simple(stats, t.old, t.new);
+        }
+    }
+}
+
+/// The socket's storage, created (zeroed) at first sight.
+#[inline(always)]
+fn storage(sk: *const u8) -> Option<&'static mut SockState> {
+    let flags = BPF_SK_STORAGE_GET_F_CREATE as u64;
+    let map = core::ptr::addr_of!(SOCKS) as *mut c_void;
+    // SAFETY: `sk` is the tracepoint's socket; the helper returns the
+    // socket's own value (or null), valid for this run. Transitions of one
+    // socket are serialized by the kernel (socket lock), so no other run
+    // writes it meanwhile.
+    unsafe {
+        let p = bpf_sk_storage_get(map, sk as *mut c_void, core::ptr::null_mut(), flags);
+        (p as *mut SockState).as_mut()
+    }
+}
+
+#[inline(always)]
+fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
+    if st.flags & flag::INIT == 0 {
+        init(stats, st, t);
+    }
+    if machine::in_owner_context(t.old, t.new) && !st.owner_known() {
+        st.set_owner(&current_owner());
+    }
+    if st.verdict == verdict::UNDECIDED && !decide(st, t) {
+        return;
+    }
+    if st.verdict == verdict::NO_MATCH {
+        bump(stats, counter::FILTERED_OUT);
+        finish(st, t);
+        return;
+    }
+    if let Some((old, new, ts)) = st.take_deferred() {
+        count_simple(stats, old, new);
+        let facts = EventFacts {
+            old,
+            new,
+            ts,
+            cookie: cookie(t.sk),
+            ..EventFacts::default()
+        };
+        output::emit(t.sk, &t.ends, st, &facts);
+    }
+    counted(stats, st, t);
+    finish(st, t);
+}
+
+/// First sight of a socket: at its birth, or mid-life (older than the tracer).
+#[inline(never)]
+fn init(stats: &mut Stats, st: &mut SockState, t: &Tr) {
+    let netns = sock::netns(t.sk);
+    let lport = t.ends.lport;
+    match machine::birth(t.old, t.new) {
+        Some(d) => st.born(d, t.now, true, netns),
+        None => {
+            bump(stats, counter::INFLIGHT_MISSING);
+            // Infer the direction from whether the local port is a listener.
+            let listening = listener::owner_of(netns, lport).is_some();
+            let d = if listening { dir::PASSIVE } else { dir::ACTIVE };
+            st.born(d, t.now, false, netns);
+        }
+    }
+    if st.dir == dir::PASSIVE {
+        if let Some(o) = listener::owner_of(netns, lport) {
+            if o.tgid != 0 {
+                st.set_owner(&OwnerFacts {
+                    tgid: o.tgid,
+                    comm: o.comm,
+                    cgroup_id: o.cgroup_id,
+                });
+            }
+        }
+    }
+    st.flags |= flag::INIT;
+}
+
+/// Decide the socket's verdict once its tuple is complete; until then hold
+/// the transition back. Returns false when the transition was deferred.
+#[inline(always)]
+fn decide(st: &mut SockState, t: &Tr) -> bool {
+    let v = filter::verdict(&t.ends, st, st.netns, t.new == state::CLOSE, || {
+        let (mut r, mut l) = ([0u8; 16], [0u8; 16]);
+        sock::addrs(t.sk, t.ends.family, &mut r, &mut l);
+        r
+    });
+    if v == Verdict::Unknown {
+        if st.flags & flag::DEFERRED == 0 {
+            st.defer(t.old, t.new, t.now);
+        }
+        st.ts_state = t.now;
+        return false;
+    }
+    st.decide(v == Verdict::Match);
+    true
+}
+
+/// After a counted or filtered transition: time the new state; a closed
+/// socket's storage is reset, so a socket reused for another connect()
+/// starts afresh (`init` rewrites the rest).
+#[inline(always)]
+fn finish(st: &mut SockState, t: &Tr) {
+    if t.new == state::CLOSE {
+        st.flags = 0;
+        st.verdict = verdict::UNDECIDED;
+        st.closes = 0;
+        st.ts_state = 0;
+    } else {
+        st.ts_state = t.now;
+    }
+}
+
+/// The socket cookie, only when events are streamed (the id that joins
+/// events with `ss -e` / sock_diag).
+#[inline(always)]
+fn cookie(sk: *const u8) -> u64 {
+    if ld!(FILTER.emit_events) == 0 {
+        return 0;
+    }
+    // SAFETY: tp_btf passes a valid `struct sock *`; the helper only reads it.
+    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// Socket facts the accounting needs, read only where they matter.
+#[inline(always)]
+fn read_facts(stats: &mut Stats, st: &SockState, t: &Tr, ff: &mut FlowFacts) -> Facts {
+    let mut x = Facts {
+        lport: t.ends.lport,
+        ..Facts::default()
+    };
+    if t.new == state::CLOSE {
+        (x.sk_err, x.sock_done) = sock::err_and_done(t.sk);
+    } else if t.new == state::ESTABLISHED {
+        let tp = sock::tcp(t.sk);
+        if tp.is_null() {
+            bump(stats, counter::TCP_SOCK_UNAVAILABLE);
+            return x;
+        }
+        x.retrans = sock::total_retrans(tp);
+        ff.retrans = x.retrans;
+        let hs = handshake_ns(stats, st, t, tp);
+        if let Some(ns) = hs {
+            x.handshake_known = true;
+            ff.handshake_known = true;
+            ff.handshake_ns = ns;
+        }
+    }
+    x
+}
+
+#[inline(always)]
+fn handshake_ns(stats: &mut Stats, st: &SockState, t: &Tr, tp: *const u8) -> Option<u64> {
+    if t.old == state::SYN_SENT {
+        return st.active_handshake_ns(t.now);
+    }
+    if t.old != state::SYN_RECV {
+        return None;
+    }
+    let hs = machine::passive_handshake_ns(sock::srtt_us_x8(tp));
+    if hs.is_none() {
+        bump(stats, counter::PASSIVE_RTT_UNKNOWN);
+    }
+    hs
+}
+
+/// Lifetime and payload bytes of an established connection at its → CLOSE.
+#[inline(always)]
+fn close_facts(
+    stats: &mut Stats,
+    st: &SockState,
+    t: &Tr,
+    e: &Effects,
+    x: &Facts,
+    ff: &mut FlowFacts,
+) {
+    if !e.closed {
+        return;
+    }
+    let tp = sock::tcp(t.sk);
+    if tp.is_null() {
+        bump(stats, counter::TCP_SOCK_UNAVAILABLE);
+    } else {
+        let (rx, acked) = sock::raw_bytes(tp);
+        (ff.bytes_received, ff.bytes_acked) =
+            payload_bytes(st.dir, e.close_kind, x.sock_done, rx, acked);
+    }
+    if let Some(l) = st.lifetime_ns(t.now) {
+        ff.lifetime_ns = l;
+        ff.lifetime_known = true;
+        output::observe_hist(hist_kind::LIFETIME, l);
+    }
+}
+
+#[inline(always)]
+fn counted(stats: &mut Stats, st: &mut SockState, t: &Tr) {
+    let mut ff = FlowFacts::default();
+    let x = read_facts(stats, st, t, &mut ff);
+    let e = effects(t.old, t.new, st.dir, &x);
+    count(stats, t.old, t.new, &e);
+    if e.hist != NONE {
+        output::observe_hist(e.hist, ff.handshake_ns);
+    }
+    close_facts(stats, st, t, &e, &x, &mut ff);
+    if e.time_wait {
+        output::count_tw_second(t.now);
+    }
+    st.closes |= e.close_path;
+    if e.flow != flow_point::NONE {
+        let args = FlowArgs {
+            ends: &t.ends,
+            st,
+            e: &e,
+            facts: &ff,
+        };
+        output::update_flow(t.sk, stats, &args);
+    }
+    if ld!(FILTER.emit_events) != 0 {
+        event(st, t, &e, &x, &ff);
+    }
+}
+
+#[inline(always)]
+fn event(st: &SockState, t: &Tr, e: &Effects, x: &Facts, ff: &FlowFacts) {
+    let mut flags = 0u8;
+    let in_state_ns = match st.in_state_ns(t.now) {
+        Some(d) => {
+            flags |= flag::DURATION_KNOWN;
+            d
+        }
+        None => 0,
+    };
+    if ff.lifetime_known {
+        flags |= flag::LIFETIME_KNOWN;
+    }
+    if ff.handshake_known {
+        flags |= flag::HANDSHAKE_KNOWN;
+    }
+    if x.retrans > 0 {
+        flags |= flag::RETRANS;
+    }
+    let facts = EventFacts {
+        old: t.old,
+        new: t.new,
+        ts: t.now,
+        cookie: cookie(t.sk),
+        in_state_ns,
+        handshake_ns: ff.handshake_ns,
+        lifetime_ns: ff.lifetime_ns,
+        bytes_received: ff.bytes_received,
+        bytes_acked: ff.bytes_acked,
+        retrans: x.retrans,
+        sk_err: x.sk_err,
+        close_kind: e.close_kind,
+        flags,
+    };
+    output::emit(t.sk, &t.ends, st, &facts);
+}
