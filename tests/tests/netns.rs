@@ -154,7 +154,12 @@ fn read_eof(s: &mut TcpStream) {
 impl Load {
     /// Listen on `server` and run the load from `client`.
     fn run(&self, client: IpAddr, server: SocketAddr, held: &mut Held) {
-        let l = TcpListener::bind(server).expect("listen");
+        self.run_on(TcpListener::bind(server).expect("listen"), client, held);
+    }
+
+    /// Run the load on listener `l` from `client`.
+    fn run_on(&self, l: TcpListener, client: IpAddr, held: &mut Held) {
+        let server = l.local_addr().unwrap();
         for _ in 0..self.tw {
             let mut c = connect_from(client, server).unwrap();
             let (mut a, _) = l.accept().unwrap();
@@ -371,6 +376,29 @@ fn netns_filter_reads_only_that_namespace() {
     assert_eq!(s.time_wait.now.time_wait, ns.ss(1, "time-wait"));
     assert_eq!(s.netns_coverage.found, 1);
     assert!(s.filter.contains(&format!("netns {ib}")), "{}", s.filter);
+    // The kernel counts only B's transitions: 2 connections in A, 1 in B.
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let one = Load {
+        tw: 2,
+        est: 0,
+        cw: 0,
+    };
+    ns.run(0, || {
+        one.run(lo, SocketAddr::new(lo, 9100), &mut Held::default())
+    });
+    let one = Load { tw: 1, ..one };
+    ns.run(1, || {
+        one.run(lo, SocketAddr::new(lo, 9100), &mut Held::default())
+    });
+    let s = settle(&t, |s| s.time_wait.entered >= 1);
+    assert_eq!((s.connects.attempts, s.accepts.established), (1, 1));
+    assert_eq!(s.time_wait.entered, 1);
+    assert!(
+        s.top_peers.iter().all(|p| p.netns == Some(ib)),
+        "{:#?}",
+        s.top_peers
+    );
+    assert_eq!(row(&s, ib).unwrap().flows.as_ref().unwrap().established, 2);
     drop(t);
     // The binary resolves a /run/netns name and pid:PID to the same inode.
     let holder = KillOnDrop(
@@ -388,7 +416,8 @@ fn netns_filter_reads_only_that_namespace() {
         let rows = s["namespaces"].as_array().unwrap();
         assert_eq!(rows.len(), 1, "{sel}: {rows:#?}");
         assert_eq!(rows[0]["netns"], ia, "{sel}");
-        assert_eq!(rows[0]["now"]["time_wait"], a.tw + x.tw, "{sel}");
+        // + the 2 connections just made in A.
+        assert_eq!(rows[0]["now"]["time_wait"], a.tw + x.tw + 2, "{sel}");
     }
     let bad = Command::new(tracer_bin())
         .args(["summary", "--netns", "netns-none-such", "--duration", "1s"])
@@ -541,4 +570,149 @@ fn a_namespace_torn_down_while_traced_leaves_no_row() {
     let rb = row(&s, ib).expect("B still read");
     assert_eq!(rb.now.time_wait, ns.ss(1, "time-wait"));
     drop(held_b);
+}
+
+/// Run by `owners_and_flows_per_namespace` inside a namespace (through
+/// `ip netns exec`): a server on 127.0.0.1:9000 and its own clients, so the
+/// namespace's connections all belong to this process. Does nothing when
+/// run without the variable.
+#[test]
+#[ignore = "a helper process of owners_and_flows_per_namespace"]
+fn netns_helper_server() {
+    let Ok(n) = std::env::var("NETNS_HELPER_CONNECTIONS") else {
+        return;
+    };
+    let n: u64 = n.parse().unwrap();
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let l = TcpListener::bind(SocketAddr::new(lo, 9000)).expect("listen");
+    println!("listening");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    let mut held = Held::default();
+    Load {
+        tw: n,
+        est: 0,
+        cw: 0,
+    }
+    .run_on(l, lo, &mut held);
+    println!("done");
+    line.clear();
+    std::io::stdin().read_line(&mut line).unwrap();
+}
+
+/// One helper server process in namespace `name`, waiting for "go".
+struct Helper {
+    child: KillOnDrop,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Helper {
+    fn spawn(name: &str, n: u64) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", name])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "netns_helper_server",
+                "--ignored",
+                "--nocapture",
+                "-q",
+            ])
+            .env("NETNS_HELPER_CONNECTIONS", n.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut h = Helper {
+            child: KillOnDrop(child),
+            out,
+        };
+        h.expect("listening");
+        h
+    }
+
+    fn expect(&mut self, word: &str) {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        while !line.contains(word) {
+            line.clear();
+            assert!(
+                self.out.read_line(&mut line).unwrap() > 0,
+                "helper exited before {word}"
+            );
+        }
+    }
+
+    fn go(&mut self) {
+        let stdin = self.child.0.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        self.expect("done");
+    }
+}
+
+#[test]
+fn owners_and_flows_per_namespace() {
+    let ns = Netns::create("own", &["a", "b"]);
+    let (ia, ib) = (ns.namespace(0).inode, ns.namespace(1).inode);
+    let (na, nb) = (5u64, 3u64);
+    // A's server listens before the tracer starts (its owner is seeded from
+    // sock_diag + /proc), B's after (captured at listen()).
+    let mut ha = Helper::spawn(&ns.names[0], na);
+    let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    let mut hb = Helper::spawn(&ns.names[1], nb);
+    ha.go();
+    hb.go();
+    let (pa, pb) = (ha.child.0.id(), hb.child.0.id());
+    let tw_in = |s: &Summary, i| {
+        row(s, i)
+            .and_then(|r| r.flows.as_ref())
+            .map(|g| g.time_wait_entries)
+    };
+    let s = settle(&t, |s| tw_in(s, ia) == Some(na) && tw_in(s, ib) == Some(nb));
+    for (inode, n, pid) in [(ia, na, pa), (ib, nb, pb)] {
+        let r = row(&s, inode).unwrap();
+        let f = r.flows.as_ref().unwrap();
+        // Both ends are in the namespace: n connects + n accepts.
+        assert_eq!(
+            (f.established, f.time_wait_entries, f.connect_failed),
+            (2 * n, n, 0),
+            "{inode}"
+        );
+        assert_eq!(r.now.time_wait, n);
+        // The accepted side, per (netns, local port), owned by that
+        // namespace's server process.
+        let port = s
+            .top_local_ports
+            .iter()
+            .find(|p| p.netns == Some(inode) && p.local_port == Some(9000))
+            .unwrap_or_else(|| panic!("no :9000 row for {inode}: {:#?}", s.top_local_ports));
+        assert_eq!(port.stats.established, n);
+        let peer = s
+            .top_peers
+            .iter()
+            .find(|p| p.netns == Some(inode) && p.peer == "127.0.0.1:9000")
+            .unwrap();
+        assert_eq!(
+            (peer.stats.established, peer.stats.time_wait_entries),
+            (n, n)
+        );
+        assert_eq!(peer.time_wait_now, n);
+        // Rows are per (pid, comm): the thread name at connect() and at
+        // listen() may differ (a seeded listener has the process's name).
+        let owned: u64 = s
+            .top_processes
+            .iter()
+            .filter(|p| p.pid == Some(pid))
+            .map(|p| p.stats.established)
+            .sum();
+        assert_eq!(
+            owned,
+            2 * n,
+            "pid {pid} owns both ends: {:#?}",
+            s.top_processes
+        );
+    }
+    drop((ha, hb));
 }
