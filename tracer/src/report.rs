@@ -1216,6 +1216,20 @@ fn coverage_line(c: &Coverage) -> String {
     line
 }
 
+/// " [blue]" / " [pod <uid>/<ctr>]" / " [4026532246]" after a row of a
+/// namespace, when the report covers more than one.
+fn netns_tag(s: &Summary, netns: Option<u32>) -> String {
+    let Some(ns) = netns else {
+        return String::new();
+    };
+    if s.namespaces.len() < 2 {
+        return String::new();
+    }
+    let row = s.namespaces.iter().find(|r| r.netns == ns);
+    let name = row.and_then(|r| r.names.first().cloned().or(r.workload.clone()));
+    format!(" [{}]", name.unwrap_or_else(|| ns.to_string()))
+}
+
 fn render_namespaces(o: &mut String, s: &Summary) {
     if s.namespaces.is_empty() {
         return;
@@ -1442,7 +1456,8 @@ pub fn render_text(s: &Summary) -> String {
         let _ = writeln!(o, "\nTop peers");
         group_header(&mut o, "PEER");
         for r in &s.top_peers {
-            group_line(&mut o, &r.peer, &r.stats, Some(r.time_wait_now));
+            let name = format!("{}{}", r.peer, netns_tag(s, r.netns));
+            group_line(&mut o, &name, &r.stats, Some(r.time_wait_now));
         }
         let _ = writeln!(o, "\nTop local ports");
         group_header(&mut o, "LOCAL PORT");
@@ -1450,6 +1465,7 @@ pub fn render_text(s: &Summary) -> String {
             let name = r
                 .local_port
                 .map_or("(outgoing, ephemeral)".to_string(), |p| p.to_string());
+            let name = format!("{name}{}", netns_tag(s, r.netns));
             group_line(&mut o, &name, &r.stats, None);
         }
         let _ = writeln!(o, "\nTop processes");
