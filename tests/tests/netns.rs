@@ -529,6 +529,19 @@ fn every_road_reports_what_it_read_and_what_it_could_not() {
     );
     assert_eq!(s["netns_coverage"]["complete"], false);
 
+    // CAP_SYS_ADMIN without CAP_SYS_PTRACE: processes' namespace links are
+    // hidden, but both bind mounts can be entered.
+    let caps = only_caps("+bpf,+perfmon,+sys_admin");
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let s = summary_json(&top, &caps);
+    let ra = find(&s, ia).expect("A read via its mount");
+    assert_eq!(
+        (ra["read_via"].as_str(), pops(&ra)),
+        (Some("setns"), ss_a.clone())
+    );
+    assert_eq!(find(&s, ib).unwrap()["read_via"], "setns");
+    assert!(s["netns_coverage"]["processes_denied"].as_u64().unwrap() > 0);
+
     // CAP_BPF + CAP_PERFMON only: the own namespace; A and B are listed as
     // not read (their /run/netns mounts are visible), and the processes
     // whose namespaces could not be seen are counted.
