@@ -5,7 +5,6 @@ use aya::{
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
-use aya_log::EbpfLogger;
 use tracer_common::{
     hist::Hist, hist_kind, Filter, FlowKey, FlowStats, ListenerKey, Owner, Stats, TwSlot, TW_SLOTS,
 };
@@ -228,17 +227,6 @@ impl Probe {
     /// Run statistics of the attached program.
     pub fn run_stats(&self) -> Result<RunStats, ProbeError> {
         program_stats(&self.ebpf, PROGRAM)
-    }
-
-    /// The kernel side's aya-log records (warnings such as failed reads).
-    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
-        match EbpfLogger::init(&mut self.ebpf) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                log::warn!("eBPF logs unavailable: {e}");
-                None
-            }
-        }
     }
 
     /// The event ring buffer (only fills when `emit_events` was set).

@@ -31,33 +31,12 @@ pub(crate) async fn stop_signal(duration: Option<Duration>) {
     }
 }
 
-/// Forward the kernel side's aya-log records to `log`.
-pub(crate) fn spawn_ebpf_logger(t: &mut Tracer) {
-    let Some(logger) = t.probe.take_logger() else {
-        return;
-    };
-    // SAFETY: the logger owns its ring-buffer fd and keeps it open for as long
-    // as the AsyncFd (which owns the logger) lives.
-    let Ok(mut fd) =
-        (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
-    else {
-        return;
-    };
-    tokio::spawn(async move {
-        while let Ok(mut guard) = fd.readable_mut().await {
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
-}
-
 /// How often live mode drains the ring buffer between wake-ups: the most an
 /// event waits before it is printed.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(args.filter.spec()?, true, args.ring_kib * 1024)?;
-    spawn_ebpf_logger(&mut tracer);
     let ring = tracer.probe.take_events()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
     // AsyncFd (which owns the RingBuf) lives.
@@ -132,8 +111,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
-    let mut tracer = Tracer::start(args.filter.spec()?, false, 4096)?;
-    spawn_ebpf_logger(&mut tracer);
+    let tracer = Tracer::start(args.filter.spec()?, false, 4096)?;
     match args.duration {
         Some(d) => eprintln!(
             "Aggregating TCP state transitions ({}) for {}...",

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use crate::{
     cli::ServeArgs,
     export::{self, LiveCollector, Scrape, Slots},
-    run::{spawn_ebpf_logger, stop_signal},
+    run::stop_signal,
     SummaryOptions, Tracer,
 };
 
@@ -29,8 +29,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let mut tracer = Tracer::start(args.filter.spec()?, false, 4096)?;
-    spawn_ebpf_logger(&mut tracer);
+    let tracer = Tracer::start(args.filter.spec()?, false, 4096)?;
     // Run-time statistics for the cost metrics, only when asked: they time
     // every BPF program on the host (the benchmarks measured the exporter's
     // churn cost with them on). Otherwise they count while
