@@ -196,11 +196,12 @@ fn row(s: &Summary, inode: u32) -> Option<&NamespaceRow> {
     s.namespaces.iter().find(|r| r.netns == inode)
 }
 
-/// Summaries until `done`, with every namespace in the table and CLOSE_WAIT
+/// Summaries until `done`, every row kept (other namespaces on the host may
+/// have many more destinations than ours), CLOSE_WAIT
 /// leaks from age 0.
 fn settle(t: &Tracer, done: impl Fn(&Summary) -> bool) -> Summary {
     let opts = SummaryOptions {
-        top: 1000,
+        top: usize::MAX,
         close_wait_threshold: Duration::from_nanos(1),
         ..Default::default()
     };
