@@ -239,8 +239,9 @@ impl EnterError {
 pub fn within<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T, EnterError> {
     let files = ns.files();
     if files.is_empty() {
-        return Err(EnterError::NotPermitted(
-            "no file refers to it (no readable /proc/PID/ns/net, no bind mount)".into(),
+        // Only a `--netns` inode that nothing visible refers to gets here.
+        return Err(EnterError::Other(
+            "not found: no process (whose /proc/PID/ns/net we may read) and no bind mount refers to it".into(),
         ));
     }
     let mut last = EnterError::Vanished;
