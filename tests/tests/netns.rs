@@ -730,3 +730,56 @@ fn owners_and_flows_per_namespace() {
     }
     drop((ha, hb));
 }
+
+#[test]
+fn namespaces_coming_and_going_during_reads_never_fail_a_report() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    let stop = AtomicBool::new(false);
+    // Stops the churn even when an assertion below fails.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|sc| {
+        let churn = sc.spawn(|| {
+            let mut made = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // A namespace with a process and sockets, deleted at once.
+                let ns = Netns::create("churn", &[&made.to_string()]);
+                let lo: IpAddr = "127.0.0.1".parse().unwrap();
+                let load = Load {
+                    tw: 2,
+                    est: 1,
+                    cw: 1,
+                };
+                let held = ns.run(0, || {
+                    let mut h = Held::default();
+                    load.run(lo, SocketAddr::new(lo, 9000), &mut h);
+                    h
+                });
+                let holder = Command::new("ip")
+                    .args(["netns", "exec", &ns.names[0], "sleep", "5"])
+                    .spawn()
+                    .map(KillOnDrop);
+                drop((held, holder, ns));
+                made += 1;
+            }
+            made
+        });
+        let _stop = Stop(&stop);
+        let mut reports = 0;
+        while reports < 50 {
+            t.summary_with(&SummaryOptions::default())
+                .expect("a report while namespaces come and go");
+            reports += 1;
+        }
+        drop(_stop);
+        assert!(
+            churn.join().unwrap() > 0,
+            "namespaces were created and deleted meanwhile"
+        );
+    });
+}
