@@ -26,8 +26,9 @@ pub struct Effects {
     pub counters: [u32; 3],
     /// `hist_kind::*` to record the handshake latency in, or `NONE`.
     pub hist: u32,
-    /// `close_path::*` bit this transition adds to the socket.
-    pub close_path: u8,
+    /// At → CLOSE: the `close_path::*` bits the connection took
+    /// (`machine::close_paths`).
+    pub close_paths: u8,
     /// `flow_point::*`.
     pub flow: u8,
     /// An entry into the timewait table (TIME_WAIT or parked FIN_WAIT2).
@@ -44,7 +45,7 @@ impl Effects {
             close_kind: close::NONE,
             counters: [NONE; 3],
             hist: NONE,
-            close_path: 0,
+            close_paths: 0,
             flow: flow_point::NONE,
             time_wait: false,
             closed: false,
@@ -70,8 +71,8 @@ pub struct FlowFacts {
 }
 
 /// Add one connection's contribution at a flow point to its row (a map
-/// value, or the `other` row of a full table). The close paths the socket
-/// took (`closes`, `close_path::*`) are added once, at → CLOSE.
+/// value, or the `other` row of a full table). The close paths the
+/// connection took (`Effects::close_paths`) are added once, at → CLOSE.
 #[inline(always)]
 pub fn apply_flow(f: &mut FlowStats, e: &Effects, st: &SockState, facts: &FlowFacts) {
     if e.flow == flow_point::ESTABLISHED {
@@ -88,7 +89,7 @@ pub fn apply_flow(f: &mut FlowStats, e: &Effects, st: &SockState, facts: &FlowFa
             f.retrans_total += facts.retrans as u64;
         }
     } else if e.flow == flow_point::CLOSE {
-        apply_close(f, e, st.closes, facts);
+        apply_close(f, e, e.close_paths, facts);
     }
     if st.flags & crate::flag::OWNER_KNOWN != 0 {
         f.comm = st.comm;
@@ -222,18 +223,9 @@ pub fn effects(old: u8, new: u8, sock_dir: u8, x: &Facts) -> Effects {
             counter::PASSIVE_HANDSHAKE_RETRANS,
             x,
         ),
-        (state::ESTABLISHED, state::FIN_WAIT1) => {
-            e.counters[1] = counter::CLOSE_LOCAL_FIRST;
-            e.close_path = close_path::LOCAL_FIRST;
-        }
-        (state::ESTABLISHED, state::CLOSE_WAIT) => {
-            e.counters[1] = counter::CLOSE_PEER_FIRST;
-            e.close_path = close_path::PEER_FIRST;
-        }
-        (state::FIN_WAIT1, state::CLOSING) => {
-            e.counters[1] = counter::CLOSE_SIMULTANEOUS;
-            e.close_path = close_path::SIMULTANEOUS;
-        }
+        (state::ESTABLISHED, state::FIN_WAIT1) => e.counters[1] = counter::CLOSE_LOCAL_FIRST,
+        (state::ESTABLISHED, state::CLOSE_WAIT) => e.counters[1] = counter::CLOSE_PEER_FIRST,
+        (state::FIN_WAIT1, state::CLOSING) => e.counters[1] = counter::CLOSE_SIMULTANEOUS,
         (_, state::CLOSE) => closed(&mut e, old, sock_dir, x),
         _ => {}
     }
@@ -266,6 +258,7 @@ fn closed(e: &mut Effects, old: u8, sock_dir: u8, x: &Facts) {
     e.closed = !e.connect_failed && old != state::SYN_RECV && old != state::CLOSE;
     if e.connect_failed || e.closed {
         e.flow = flow_point::CLOSE;
+        e.close_paths = crate::machine::close_paths(old);
     }
     if k == close::TIME_WAIT || k == close::FIN_WAIT2_PARKED {
         e.time_wait = true;

@@ -178,6 +178,9 @@ pub mod flag {
     pub const RETRANS: u8 = 4;
     /// SockState: a transition is waiting for the filter verdict (tuple incomplete).
     pub const DEFERRED: u8 = 8;
+    /// SockState: first seen mid-life (counted as `inflight_missing` once
+    /// its verdict matches).
+    pub const MID_LIFE: u8 = 16;
     /// `lifetime_ns` is valid (the socket's birth transition was seen).
     pub const LIFETIME_KNOWN: u8 = 32;
     /// `handshake_ns` is valid (on → ESTABLISHED).
@@ -308,17 +311,16 @@ pub struct Event {
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 144);
 
-/// Close paths a connection took, accumulated in its `SockState::closes`
-/// and added to its flow row once, at → CLOSE.
+/// Close paths a connection took (`machine::close_paths`), added to its
+/// flow row once, at → CLOSE.
 pub mod close_path {
     pub const LOCAL_FIRST: u8 = 1;
     pub const PEER_FIRST: u8 = 2;
     pub const SIMULTANEOUS: u8 = 4;
 }
 
-/// Per-socket state, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`):
-/// created at the socket's birth transition (or first sight), freed by the
-/// kernel with the socket, so every live socket has one (no LRU eviction).
+/// Per-socket state in the `SOCKS` map (keyed by socket cookie): created at
+/// the socket's birth transition (or first sight), removed at its → CLOSE.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -345,9 +347,7 @@ pub struct SockState {
     pub verdict: u8,
     pub deferred_old: u8,
     pub deferred_new: u8,
-    /// `close_path::*` bits seen so far.
-    pub closes: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 7],
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 72);
 

@@ -3,7 +3,7 @@
 //! its state advances. The eBPF program applies them to the socket's
 //! storage; unit tests drive them directly (no root, no kernel).
 
-use crate::{dir, flag, state, verdict, SockState, TASK_COMM_LEN};
+use crate::{close_path, dir, flag, state, verdict, SockState, TASK_COMM_LEN};
 
 /// The direction a birth transition gives a socket: CLOSE→SYN_SENT (this
 /// host called connect()) or LISTEN→SYN_RECV (a child of a listener, born
@@ -34,6 +34,34 @@ pub const fn in_owner_context(old: u8, new: u8) -> bool {
             | (state::ESTABLISHED, state::FIN_WAIT1)
             | (state::CLOSE_WAIT, state::LAST_ACK)
     )
+}
+
+/// Transitions whose accounting needs the socket's state in summary mode:
+/// its birth (the state is created), → ESTABLISHED (handshake start, flow
+/// key), ESTABLISHED → CLOSE_WAIT (when the CLOSE_WAIT began, for leak
+/// ages) and → CLOSE (direction, lifetime, flow key; the state goes). The
+/// others only count, unless filters or live events need every transition.
+#[inline(always)]
+pub const fn needs_state(old: u8, new: u8) -> bool {
+    birth(old, new).is_some()
+        || new == state::ESTABLISHED
+        || new == state::CLOSE
+        || (old == state::ESTABLISHED && new == state::CLOSE_WAIT)
+}
+
+/// The close paths a connection took, read off the state it leaves at
+/// → CLOSE (`close_path::*`): FIN_WAIT1/FIN_WAIT2 follow ESTABLISHED →
+/// FIN_WAIT1 (closed here first), CLOSING follows it too and the crossing
+/// FINs (simultaneous), CLOSE_WAIT/LAST_ACK follow ESTABLISHED →
+/// CLOSE_WAIT (the peer closed first). Added to the flow row once.
+#[inline(always)]
+pub const fn close_paths(old: u8) -> u8 {
+    match old {
+        state::FIN_WAIT1 | state::FIN_WAIT2 => close_path::LOCAL_FIRST,
+        state::CLOSING => close_path::LOCAL_FIRST | close_path::SIMULTANEOUS,
+        state::CLOSE_WAIT | state::LAST_ACK => close_path::PEER_FIRST,
+        _ => 0,
+    }
 }
 
 /// The owner as captured in its own context.
@@ -162,6 +190,29 @@ mod tests {
         assert!(is_listener(state::CLOSE, state::LISTEN));
         assert!(is_listener(state::LISTEN, state::CLOSE));
         assert!(!is_listener(state::LISTEN, state::SYN_RECV));
+    }
+
+    #[test]
+    fn state_is_needed_where_the_accounting_reads_it() {
+        assert!(needs_state(state::CLOSE, state::SYN_SENT));
+        assert!(needs_state(state::SYN_RECV, state::ESTABLISHED));
+        assert!(needs_state(state::ESTABLISHED, state::CLOSE_WAIT));
+        assert!(needs_state(state::FIN_WAIT2, state::CLOSE));
+        assert!(!needs_state(state::FIN_WAIT1, state::FIN_WAIT2));
+        assert!(!needs_state(state::ESTABLISHED, state::FIN_WAIT1));
+    }
+
+    #[test]
+    fn close_paths_follow_from_the_state_left() {
+        assert_eq!(close_paths(state::FIN_WAIT2), close_path::LOCAL_FIRST);
+        assert_eq!(
+            close_paths(state::CLOSING),
+            close_path::LOCAL_FIRST | close_path::SIMULTANEOUS
+        );
+        assert_eq!(close_paths(state::LAST_ACK), close_path::PEER_FIRST);
+        assert_eq!(close_paths(state::CLOSE_WAIT), close_path::PEER_FIRST);
+        assert_eq!(close_paths(state::ESTABLISHED), 0);
+        assert_eq!(close_paths(state::SYN_SENT), 0);
     }
 
     #[test]

@@ -157,8 +157,12 @@ pub fn emit(sk: *const u8, e: &Ends, st: &SockState, x: &EventFacts) {
         (*ev).bytes_received = x.bytes_received;
         (*ev).bytes_acked = x.bytes_acked;
         (*ev).cgroup_id = st.cgroup_id;
-        (*ev).saddr = [0; 16];
-        (*ev).daddr = [0; 16];
+        core::ptr::addr_of_mut!((*ev).saddr)
+            .cast::<[u64; 2]>()
+            .write([0; 2]);
+        core::ptr::addr_of_mut!((*ev).daddr)
+            .cast::<[u64; 2]>()
+            .write([0; 2]);
         sock::addrs(sk, e.family, &mut (*ev).daddr, &mut (*ev).saddr);
         (*ev).tgid = st.tgid;
         (*ev).retrans = x.retrans;

@@ -21,7 +21,7 @@ use tracer_common::{
 use crate::{
     filter::{self, Verdict},
     ld, listener,
-    maps::{bump, stats, SOCKS},
+    maps::{bump, stats, SCRATCH, SOCKS},
     output::{self, EventFacts, FlowArgs},
     sock::{self, Ends},
 };
@@ -108,36 +108,63 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
 
 #[inline(never)]
 fn connection(stats: &mut Stats, t: &Tr) {
-    match storage(t.sk) {
+    // Filters and live events need every transition's state (verdict, time
+    // in state); summary mode only the transitions whose accounting reads it.
+    let every = ld!(FILTER.any) != 0 || ld!(FILTER.emit_events) != 0;
+    if !every && !machine::needs_state(t.old, t.new) {
+        count_simple(stats, t.old, t.new);
+        return;
+    }
+    match state_of(t) {
         Some(st) => on_socket(stats, st, t),
         None => {
-            // No storage (kernel memory): the transition still counts in the
-            // matrix, with no per-socket facts.
-            bump(stats, counter::INFLIGHT_INSERT_FAILED);
-            count_simple(stats, t.old, t.new);
+            // First seen at its → CLOSE (older than the tracer, nothing to
+            // keep), or no kernel memory for the storage: the transition
+            // still counts, with what this run can see.
+            if t.new != state::CLOSE {
+                bump(stats, counter::INFLIGHT_INSERT_FAILED);
+            }
+            if let Some(p) = SCRATCH.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, used by this run only.
+                let st = unsafe { &mut *p };
+                st.flags = 0;
+                st.verdict = verdict::UNDECIDED;
+                on_socket(stats, st, t);
+            }
         }
     }
 }
 
-/// The socket's storage, created (zeroed) at first sight.
+/// The socket's storage, created (zeroed) at first sight unless this is
+/// its → CLOSE. A birth starts afresh: a socket reused for another
+/// connect() keeps its storage from the last one.
 #[inline(always)]
-fn storage(sk: *const u8) -> Option<&'static mut SockState> {
-    let flags = BPF_SK_STORAGE_GET_F_CREATE as u64;
+fn state_of(t: &Tr) -> Option<&'static mut SockState> {
+    let flags = if t.new == state::CLOSE {
+        0
+    } else {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    };
     let map = core::ptr::addr_of!(SOCKS) as *mut c_void;
     // SAFETY: `sk` is the tracepoint's socket; the helper returns the
     // socket's own value (or null), valid for this run. Transitions of one
     // socket are serialized by the kernel (socket lock), so no other run
     // writes it meanwhile.
-    unsafe {
-        let p = bpf_sk_storage_get(map, sk as *mut c_void, core::ptr::null_mut(), flags);
+    let st = unsafe {
+        let p = bpf_sk_storage_get(map, t.sk as *mut c_void, core::ptr::null_mut(), flags);
         (p as *mut SockState).as_mut()
+    }?;
+    if machine::birth(t.old, t.new).is_some() {
+        st.flags = 0;
+        st.verdict = verdict::UNDECIDED;
     }
+    Some(st)
 }
 
 #[inline(always)]
 fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
     if st.flags & flag::INIT == 0 {
-        init(stats, st, t);
+        init(st, t);
     }
     if machine::in_owner_context(t.old, t.new) && !st.owner_known() {
         st.set_owner(&current_owner());
@@ -149,6 +176,10 @@ fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
         bump(stats, counter::FILTERED_OUT);
         finish(st, t);
         return;
+    }
+    if st.flags & flag::MID_LIFE != 0 {
+        st.flags &= !flag::MID_LIFE;
+        bump(stats, counter::INFLIGHT_MISSING);
     }
     if let Some((old, new, ts)) = st.take_deferred() {
         count_simple(stats, old, new);
@@ -167,13 +198,13 @@ fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
 
 /// First sight of a socket: at its birth, or mid-life (older than the tracer).
 #[inline(never)]
-fn init(stats: &mut Stats, st: &mut SockState, t: &Tr) {
+fn init(st: &mut SockState, t: &Tr) {
     let netns = sock::netns(t.sk);
     let lport = t.ends.lport;
     match machine::birth(t.old, t.new) {
         Some(d) => st.born(d, t.now, true, netns),
         None => {
-            bump(stats, counter::INFLIGHT_MISSING);
+            st.flags |= flag::MID_LIFE;
             // Infer the direction from whether the local port is a listener.
             let listening = listener::owner_of(netns, lport).is_some();
             let d = if listening { dir::PASSIVE } else { dir::ACTIVE };
@@ -214,15 +245,13 @@ fn decide(st: &mut SockState, t: &Tr) -> bool {
     true
 }
 
-/// After a counted or filtered transition: time the new state; a closed
-/// socket's storage is reset, so a socket reused for another connect()
-/// starts afresh (`init` rewrites the rest).
+/// After a counted or filtered transition: time the new state; at
+/// → CLOSE forget the connection (the storage lives on with the socket).
 #[inline(always)]
 fn finish(st: &mut SockState, t: &Tr) {
     if t.new == state::CLOSE {
         st.flags = 0;
         st.verdict = verdict::UNDECIDED;
-        st.closes = 0;
         st.ts_state = 0;
     } else {
         st.ts_state = t.now;
@@ -323,7 +352,6 @@ fn counted(stats: &mut Stats, st: &mut SockState, t: &Tr) {
     if e.time_wait {
         output::count_tw_second(t.now);
     }
-    st.closes |= e.close_path;
     if e.flow != flow_point::NONE {
         let args = FlowArgs {
             ends: &t.ends,

@@ -30,6 +30,16 @@ pub enum Command {
     Summary(SummaryArgs),
     /// Run as a Prometheus exporter: /metrics, read from the kernel at each scrape.
     Serve(ServeArgs),
+    /// Check that the kernel side loads here: verified instructions per
+    /// mode and the stack of its deepest call chain, against the limits.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,6 +6,7 @@
 //! produce reports through the same path.
 
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod diag;
 pub mod diag_storage;

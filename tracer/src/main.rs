@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Command::Events(a) => tracer::run::events(&a).await,
             Command::Summary(a) => tracer::run::summary(&a).await,
             Command::Serve(a) => tracer::serve::serve(&a).await,
+            Command::Check(a) => tracer::run::check(&a),
         }
     });
     match result {

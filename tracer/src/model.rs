@@ -448,7 +448,6 @@ impl Replay {
         if e.hist != NONE {
             snap.hists[e.hist as usize].record(handshake_ns.unwrap_or(0));
         }
-        s.st.closes |= e.close_path;
         if e.flow != flow_point::NONE {
             let ff = FlowFacts {
                 handshake_ns: handshake_ns.unwrap_or(0),

@@ -16,6 +16,8 @@ use crate::{
 
 /// The eBPF object built by build.rs (empty when bpf-linker was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+/// The embedded object, for `check`'s reading of it.
+pub static OBJECT_BYTES: &[u8] = OBJECT;
 
 /// Name of the program (and of its kernel tracepoint).
 pub const PROGRAM: &str = "inet_sock_set_state";

@@ -139,3 +139,18 @@ pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `tracer check`: exit 1 when any mode does not load.
+pub fn check(args: &crate::cli::CheckArgs) -> anyhow::Result<()> {
+    crate::probe::check_privileges()?;
+    let c = crate::check::run()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print!("{}", crate::check::render(&c));
+    }
+    if c.modes.iter().any(|m| !m.loaded) {
+        anyhow::bail!("the kernel side does not load on Linux {}", c.kernel);
+    }
+    Ok(())
+}
