@@ -115,10 +115,10 @@ pub fn stack_chain(obj: &[u8], entry: &str) -> Option<Vec<u32>> {
 }
 
 /// A call site's target: a named function, or an instruction offset of a
-/// section (section-relative relocations and relative calls).
+/// section (against a section symbol, the call's immediate gives the offset).
 enum Target {
     Named(String),
-    At(usize, u64),
+    At(usize),
 }
 
 fn functions(file: &object::File) -> HashMap<String, Func> {
@@ -152,7 +152,7 @@ fn functions(file: &object::File) -> HashMap<String, Func> {
                     Some((
                         off,
                         match s.kind() {
-                            SymbolKind::Section => Target::At(s.section_index()?.0, u64::MAX),
+                            SymbolKind::Section => Target::At(s.section_index()?.0),
                             _ => Target::Named(s.name().ok()?.to_string()),
                         },
                     ))
@@ -208,7 +208,7 @@ fn scan(code: &[u8], base: usize, section: usize, relocs: &HashMap<u64, Target>)
             Some(Target::Named(n)) => (usize::MAX, 0, Some(n.clone())),
             // Against a section symbol, the immediate holds the target's
             // instruction index minus one.
-            Some(Target::At(sec, _)) => (*sec, ((imm + 1) * 8) as u64, None),
+            Some(Target::At(sec)) => (*sec, ((imm + 1) * 8) as u64, None),
             None => (section, (at as i64 + 8 + imm * 8) as u64, None),
         });
     }

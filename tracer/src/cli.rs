@@ -33,6 +33,14 @@ pub enum Command {
     /// Check that the kernel side loads here: verified instructions per
     /// mode and the stack of its deepest call chain, against the limits.
     Check(CheckArgs),
+    /// Full-screen live view: host-wide rates and the busiest peers, ports,
+    /// processes and cgroups, refreshed every --interval.
+    Top(TopArgs),
+    /// Write every event and periodic snapshots of the aggregates and the
+    /// socket population to a file (format: docs/RECORDING.md).
+    Record(RecordArgs),
+    /// Rebuild the summary report from a recording (no root, no BPF).
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -40,6 +48,121 @@ pub struct CheckArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// When to color text output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to emit ANSI colors on stdout.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stdout().is_terminal()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh period.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Print one frame (after one --interval) as plain text and exit; also
+    /// what to use when stdout is not a terminal.
+    #[arg(long)]
+    pub once: bool,
+    /// Stop after this long (default: until q or Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring buffer size in KiB (power of two, ≥ 4): top reads events for the
+    /// per-group handshake percentiles.
+    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// The file to write (replaced if it exists).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop cleanly (final snapshot, end record) once the file reaches this
+    /// size, e.g. 100M, 2G (K, M, G are powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// How often to snapshot the aggregates and the socket population.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub snapshot_every: Duration,
+    /// Ring buffer size in KiB (power of two, ≥ 4). Larger than the other
+    /// modes' default: the recorder does more per event than printing it.
+    #[arg(long, default_value_t = 16384, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+    /// CLOSE_WAIT sockets older than this are recorded as leaks.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+    /// Port-pressure warning threshold recorded with the snapshots.
+    #[arg(long, default_value_t = 50.0, value_parser = parse_pct, value_name = "PCT")]
+    pub port_pressure_warn: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// A file written by `tracer record`.
+    pub file: std::path::PathBuf,
+    /// Print the report as JSON (the schema of `summary --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Rows in each top-N table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+/// `100M`, `2G`, `4096`: bytes, K/M/G as powers of 1024.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix {c:?} (use K, M or G)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 100M)"))?;
+    match n.checked_mul(mult) {
+        Some(v) if v >= 4096 => Ok(v),
+        Some(_) => Err("the size must be at least 4096 bytes".into()),
+        None => Err("size too large".into()),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,7 +201,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Default, Clone, Args)]
 pub struct FilterArgs {
     /// Only sockets owned by this process id (owner captured at connect/listen/close).
-    #[arg(long)]
+    #[arg(short = 'p', long)]
     pub pid: Option<u32>,
     /// Only sockets whose owner has this command name (exact, ≤ 15 bytes).
     #[arg(long)]
@@ -87,10 +210,10 @@ pub struct FilterArgs {
     #[arg(long)]
     pub port: Option<u16>,
     /// Only connections with this local port.
-    #[arg(long)]
+    #[arg(short = 'L', long)]
     pub lport: Option<u16>,
     /// Only connections with this remote port.
-    #[arg(long)]
+    #[arg(short = 'D', long)]
     pub rport: Option<u16>,
     /// Only connections whose remote address is in this CIDR (e.g. 10.0.0.0/8, ::1/128).
     #[arg(long, value_name = "CIDR")]
@@ -147,6 +270,15 @@ pub struct EventsArgs {
     /// Ring buffer size in KiB (power of two, ≥ 4).
     #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
+    /// Replay the events of a recording (`tracer record`) instead of tracing
+    /// (no root needed; the filters must not be given).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+    /// Full date and time (RFC 3339, UTC) in the TIME column instead of the time of day.
+    #[arg(short = 'T', long)]
+    pub timestamps: bool,
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
 }
 
 impl EventsArgs {
@@ -188,6 +320,8 @@ pub struct SummaryArgs {
     /// percentage of the ephemeral port range (TIME_WAIT + live sockets).
     #[arg(long, default_value_t = 50.0, value_parser = parse_pct, value_name = "PCT")]
     pub port_pressure_warn: f64,
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
 }
 
 fn parse_pct(s: &str) -> Result<f64, String> {
@@ -284,6 +418,62 @@ mod tests {
             &["tracer", "summary", "--netns", "../x"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} should fail");
+        }
+    }
+
+    #[test]
+    fn short_flags_color_and_the_new_commands() {
+        let c = Cli::try_parse_from([
+            "tracer", "events", "-p", "42", "-L", "80", "-D", "443", "-T", "--color", "never",
+        ])
+        .unwrap();
+        let Some(Command::Events(e)) = c.command else {
+            panic!("events")
+        };
+        let f = e.filter.spec().unwrap();
+        assert_eq!((f.pid, f.lport, f.rport), (Some(42), Some(80), Some(443)));
+        assert!(e.timestamps);
+        assert_eq!(e.color, ColorChoice::Never);
+        assert!(!ColorChoice::Never.enabled() && ColorChoice::Always.enabled());
+        let c = Cli::try_parse_from([
+            "tracer",
+            "record",
+            "-o",
+            "x.rec",
+            "--max-size",
+            "100M",
+            "-D",
+            "5432",
+        ])
+        .unwrap();
+        let Some(Command::Record(r)) = c.command else {
+            panic!("record")
+        };
+        assert_eq!(r.max_size, Some(100 << 20));
+        assert_eq!(r.output, std::path::PathBuf::from("x.rec"));
+        assert_eq!(r.ring_kib, 16384);
+        let c = Cli::try_parse_from(["tracer", "top", "--interval", "2s", "--once", "-p", "1"])
+            .unwrap();
+        let Some(Command::Top(t)) = c.command else {
+            panic!("top")
+        };
+        assert_eq!(
+            (t.interval, t.once, t.filter.pid),
+            (Duration::from_secs(2), true, Some(1))
+        );
+        let c = Cli::try_parse_from(["tracer", "report", "x.rec", "--json"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Report(r)) if r.json));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        for bad in [
+            &["tracer", "record"][..],
+            &["tracer", "record", "-o", "x", "--max-size", "10"],
+            &["tracer", "record", "-o", "x", "--max-size", "5T"],
+            &["tracer", "top", "--interval", "0s"],
+            &["tracer", "events", "--color", "sometimes"],
+            &["tracer", "report"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} should fail");
         }
     }
 }

@@ -130,7 +130,8 @@ fn dump_family(
 }
 
 /// Counts of the states the summary reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Population {
     pub time_wait: u64,
     /// FIN_WAIT2 sockets: full sockets plus parked orphan minisocks.

@@ -145,15 +145,49 @@ fn closed_established(e: &Event) -> bool {
 
 /// Column header of the text format.
 pub fn text_header() -> String {
+    text_header_with(false)
+}
+
+/// Column header; `full_time`: the TIME column holds the whole RFC 3339 time.
+pub fn text_header_with(full_time: bool) -> String {
     format!(
-        "{:<15} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
-        "TIME", "PID", "COMM", "LOCAL", "REMOTE", "TRANSITION", "MS_IN_OLD", "NOTE"
+        "{:<w$} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
+        "TIME",
+        "PID",
+        "COMM",
+        "LOCAL",
+        "REMOTE",
+        "TRANSITION",
+        "MS_IN_OLD",
+        "NOTE",
+        w = if full_time { 27 } else { 15 }
     )
 }
 
 /// One aligned text line.
 pub fn text_line(t: &Transition) -> String {
-    let time = t.time.get(11..26).unwrap_or(&t.time);
+    text_line_with(t, false)
+}
+
+/// ANSI color for a text line by what happened: failed connects, resets and
+/// timeouts red, entries into TIME_WAIT yellow, established connections green.
+pub fn paint(t: &Transition, line: &str) -> String {
+    let code = match t.close {
+        Some(c) if c.starts_with("connect_") || c.starts_with("reset_") || c == "timeout" => "31",
+        Some("time_wait" | "fin_wait2_parked") => "33",
+        _ if t.new_state == "ESTABLISHED" => "32",
+        _ => return line.to_string(),
+    };
+    format!("\x1b[{code}m{line}\x1b[0m")
+}
+
+/// One aligned text line; `full_time`: the whole RFC 3339 time, not only the time of day.
+pub fn text_line_with(t: &Transition, full_time: bool) -> String {
+    let time = if full_time {
+        &t.time
+    } else {
+        t.time.get(11..26).unwrap_or(&t.time)
+    };
     let pid = t.pid.map_or("-".to_string(), |p| p.to_string());
     let comm = t.comm.clone().unwrap_or_else(|| "-".into());
     let ms = t
@@ -184,7 +218,7 @@ pub fn text_line(t: &Transition) -> String {
         }
     }
     format!(
-        "{:<15} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
+        "{:<w$} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
         time,
         pid,
         comm,
@@ -192,7 +226,8 @@ pub fn text_line(t: &Transition) -> String {
         t.remote,
         format!("{}->{}", t.old_state, t.new_state),
         ms,
-        note.join(", ")
+        note.join(", "),
+        w = if full_time { 27 } else { 15 }
     )
 }
 

@@ -19,9 +19,11 @@ pub mod offsets;
 pub mod population;
 pub mod probe;
 pub mod procs;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod top;
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -127,6 +129,17 @@ impl Tracer {
 
     /// The report on a snapshot taken earlier, with the population as of now.
     pub fn summary_of(&self, snap: &Snapshot, opts: &SummaryOptions) -> anyhow::Result<Summary> {
+        Ok(self.report_inputs(snap, opts)?.build(snap))
+    }
+
+    /// Everything besides the snapshot that the report is built from, read
+    /// now (sock_diag, /proc, sysctls, cgroup paths): what a recording keeps
+    /// beside each snapshot so `tracer report` rebuilds the same report.
+    pub fn report_inputs(
+        &self,
+        snap: &Snapshot,
+        opts: &SummaryOptions,
+    ) -> anyhow::Result<ReportInputs> {
         let sysctls = report::Sysctls::read();
         // Streamed into the tally: no list of every socket on the host.
         let mut tally = report::SocketTally::new(snap, sysctls.ip_local_port_range);
@@ -148,24 +161,20 @@ impl Tracer {
                 cgroup_paths.insert(f.cgroup_id, p);
             }
         }
-        Ok(report::build(
-            snap,
-            &report::Context {
-                duration_s: self.started.elapsed().as_secs_f64(),
-                filter: self.filter.describe(),
-                top: opts.top,
-                sockets: &tally,
-                ephemeral: sysctls.ip_local_port_range,
-                sysctls: sysctls.clone(),
-                pressure_warn_pct: opts.pressure_warn_pct,
-                close_wait_leaks: leaks,
-                close_wait_threshold_s: opts.close_wait_threshold.as_secs_f64(),
-                now_sec: now_ns / 1_000_000_000,
-                cgroup_paths: &cgroup_paths,
-                namespaces: &namespaces,
-                coverage,
-            },
-        ))
+        Ok(ReportInputs {
+            duration_s: self.started.elapsed().as_secs_f64(),
+            filter: self.filter.describe(),
+            top: opts.top,
+            sockets: tally,
+            sysctls,
+            pressure_warn_pct: opts.pressure_warn_pct,
+            close_wait_leaks: leaks,
+            close_wait_threshold_s: opts.close_wait_threshold.as_secs_f64(),
+            now_sec: now_ns / 1_000_000_000,
+            cgroup_paths,
+            namespaces,
+            coverage,
+        })
     }
 
     /// CLOSE_WAIT sockets older than `threshold`, oldest first. The age comes
@@ -282,6 +291,49 @@ impl Tracer {
 pub fn own_netns() -> u32 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32)
+}
+
+/// The owned inputs of `report::build` besides the snapshot (see
+/// `Tracer::report_inputs`).
+#[derive(Clone, Debug)]
+pub struct ReportInputs {
+    pub duration_s: f64,
+    pub filter: String,
+    pub top: usize,
+    pub sockets: report::SocketTally,
+    pub sysctls: report::Sysctls,
+    pub pressure_warn_pct: f64,
+    pub close_wait_leaks: Vec<CloseWaitLeak>,
+    pub close_wait_threshold_s: f64,
+    pub now_sec: u64,
+    pub cgroup_paths: BTreeMap<u64, String>,
+    /// The namespaces read and what the population covers.
+    pub namespaces: Vec<report::NamespaceMeta>,
+    pub coverage: report::Coverage,
+}
+
+impl ReportInputs {
+    /// The report on `snap` with these inputs.
+    pub fn build(&self, snap: &Snapshot) -> Summary {
+        report::build(
+            snap,
+            &report::Context {
+                duration_s: self.duration_s,
+                filter: self.filter.clone(),
+                top: self.top,
+                sockets: &self.sockets,
+                ephemeral: self.sysctls.ip_local_port_range,
+                sysctls: self.sysctls.clone(),
+                pressure_warn_pct: self.pressure_warn_pct,
+                close_wait_leaks: self.close_wait_leaks.clone(),
+                close_wait_threshold_s: self.close_wait_threshold_s,
+                now_sec: self.now_sec,
+                cgroup_paths: &self.cgroup_paths,
+                namespaces: &self.namespaces,
+                coverage: self.coverage.clone(),
+            },
+        )
+    }
 }
 
 fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {

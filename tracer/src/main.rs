@@ -25,6 +25,9 @@ fn main() -> ExitCode {
             Command::Summary(a) => tracer::run::summary(&a).await,
             Command::Serve(a) => tracer::serve::serve(&a).await,
             Command::Check(a) => tracer::run::check(&a),
+            Command::Top(a) => tracer::top::run(&a).await,
+            Command::Record(a) => tracer::record::run::record(&a).await,
+            Command::Report(a) => tracer::record::run::report(&a),
         }
     });
     match result {

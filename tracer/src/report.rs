@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_common::{close, counter, dir, hist_kind, state, FlowKey, FlowStats};
 
 use crate::{
@@ -222,7 +222,8 @@ pub struct PortPressure {
 
 /// The sysctls that decide TIME_WAIT's cost, as read at report time
 /// (null when unreadable).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Sysctls {
     /// net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only (default).
     pub tcp_tw_reuse: Option<u32>,
@@ -261,7 +262,8 @@ pub struct TimeWaitModel {
 
 /// A socket in CLOSE_WAIT longer than the threshold: the peer closed and the
 /// application has not called close().
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CloseWaitLeak {
     /// Network namespace of the socket.
     pub netns: u32,
@@ -605,6 +607,30 @@ fn peer_label(d: u8, family: u16, raddr: &[u8; 16], port: u16) -> String {
     }
 }
 
+/// Flows grouped by local port: the listening port of accepted
+/// connections, None for outgoing ones (ephemeral ports).
+pub fn port_groups(flows: &[(FlowKey, FlowStats)], top: usize) -> Vec<(Option<u16>, GroupStats)> {
+    group_flows(flows, |k, _| (k.dir != dir::ACTIVE).then_some(k.port), top)
+}
+
+/// Flows grouped by owner process: (pid, comm); pid None and comm
+/// "(unknown owner)" when the owner was never seen in its own context.
+pub fn process_groups(
+    flows: &[(FlowKey, FlowStats)],
+    top: usize,
+) -> Vec<((Option<u32>, String), GroupStats)> {
+    let key = |k: &FlowKey, f: &FlowStats| match k.tgid {
+        0 => (None, "(unknown owner)".to_string()),
+        pid => (Some(pid), comm_str(&f.comm)),
+    };
+    group_flows(flows, key, top)
+}
+
+/// Flows grouped by the owner's cgroup id.
+pub fn cgroup_groups(flows: &[(FlowKey, FlowStats)], top: usize) -> Vec<(u64, GroupStats)> {
+    group_flows(flows, |_, f| f.cgroup_id, top)
+}
+
 fn unmap(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -663,6 +689,78 @@ impl SocketTally {
             } else {
                 t.passive.insert(key);
             }
+        }
+        t
+    }
+
+    /// TIME_WAIT sockets now per peer label, summed over namespaces.
+    pub fn time_wait_by_peer(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for ((_, peer), n) in &self.tw_by_peer {
+            *out.entry(peer.clone()).or_default() += n;
+        }
+        out
+    }
+
+    /// What a recording keeps of the tally (everything the report reads).
+    /// Recordings keep no namespace split yet: keys are summed over
+    /// namespaces, and a replayed tally is one namespace (0).
+    pub fn to_record(&self) -> TallyRecord {
+        let mut by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
+        for ((_, a), n) in &self.tw_by_laddr {
+            *by_laddr.entry(*a).or_default() += n;
+        }
+        let mut pressure: BTreeMap<(IpAddr, IpAddr, u16), (u64, u64, u64)> = BTreeMap::new();
+        for ((_, l, r, p), (tw, est, other)) in &self.pressure {
+            let e = pressure.entry((*l, *r, *p)).or_default();
+            e.0 += tw;
+            e.1 += est;
+            e.2 += other;
+        }
+        TallyRecord {
+            population: self.population(),
+            time_wait_by_peer: self.time_wait_by_peer().into_iter().collect(),
+            time_wait_by_local_addr: by_laddr.into_iter().collect(),
+            pressure: pressure
+                .into_iter()
+                .map(|((l, r, p), (tw, est, other))| PressureRecord {
+                    local_addr: l,
+                    remote_addr: r,
+                    remote_port: p,
+                    time_wait: tw,
+                    established: est,
+                    other,
+                })
+                .collect(),
+            ephemeral: self.default_ephemeral,
+        }
+    }
+
+    /// The tally a recording kept (its CLOSE_WAIT sockets are not kept: the
+    /// recording holds the resolved leaks instead).
+    pub fn from_record(r: &TallyRecord) -> Self {
+        let mut t = SocketTally {
+            default_ephemeral: r.ephemeral,
+            ..Default::default()
+        };
+        t.begin_namespace(0, Some(r.ephemeral));
+        if let Some(n) = t.per_ns.get_mut(&0) {
+            n.population = r.population.clone();
+        }
+        for (k, v) in &r.time_wait_by_peer {
+            *t.tw_by_peer.entry((0, k.clone())).or_default() += v;
+        }
+        for (k, v) in &r.time_wait_by_local_addr {
+            *t.tw_by_laddr.entry((0, *k)).or_default() += v;
+        }
+        for p in &r.pressure {
+            let e = t
+                .pressure
+                .entry((0, p.local_addr, p.remote_addr, p.remote_port))
+                .or_default();
+            e.0 += p.time_wait;
+            e.1 += p.established;
+            e.2 += p.other;
         }
         t
     }
@@ -783,6 +881,32 @@ impl SocketTally {
     }
 }
 
+/// The serializable form of a `SocketTally` (recordings).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TallyRecord {
+    pub population: Population,
+    pub time_wait_by_peer: Vec<(String, u64)>,
+    pub time_wait_by_local_addr: Vec<(IpAddr, u64)>,
+    pub pressure: Vec<PressureRecord>,
+    /// net.ipv4.ip_local_port_range when tallied.
+    pub ephemeral: (u16, u16),
+}
+
+/// Sockets of one destination on ephemeral local ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PressureRecord {
+    pub local_addr: IpAddr,
+    pub remote_addr: IpAddr,
+    pub remote_port: u16,
+    #[serde(default)]
+    pub time_wait: u64,
+    #[serde(default)]
+    pub established: u64,
+    #[serde(default)]
+    pub other: u64,
+}
+
 pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     let c = |i: u32| snap.counter(i);
     let k = |kind: u8| snap.closes(kind);
@@ -818,7 +942,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         })
         .collect();
     let by_local_addr = by_local_addr(snap, tally, ctx.top);
-    let top_cgroups = group_flows(flows, |_, f| f.cgroup_id, ctx.top)
+    let top_cgroups = cgroup_groups(flows, ctx.top)
         .into_iter()
         .map(|(id, stats)| CgroupRow {
             cgroup_id: id,
@@ -841,31 +965,10 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         stats,
     })
     .collect();
-    let top_processes = group_flows(
-        flows,
-        |k: &FlowKey, f: &FlowStats| {
-            (
-                k.tgid,
-                if k.tgid == 0 {
-                    String::new()
-                } else {
-                    comm_str(&f.comm)
-                },
-            )
-        },
-        ctx.top,
-    )
-    .into_iter()
-    .map(|((pid, comm), stats)| ProcessRow {
-        pid: (pid != 0).then_some(pid),
-        comm: if pid == 0 {
-            "(unknown owner)".into()
-        } else {
-            comm
-        },
-        stats,
-    })
-    .collect();
+    let top_processes = process_groups(flows, ctx.top)
+        .into_iter()
+        .map(|((pid, comm), stats)| ProcessRow { pid, comm, stats })
+        .collect();
 
     let failed = [
         close::CONNECT_REFUSED,
@@ -1488,6 +1591,7 @@ pub fn render_text(s: &Summary) -> String {
             "  (HERE1ST: this host sent the first FIN and pays TIME_WAIT; SIMUL: FINs crossed; FW2P: orphans parked in FIN_WAIT2; bytes are payload at close)"
         );
     }
+    o.push_str(&render_histograms(s));
     let _ = writeln!(o, "\nTransitions");
     for t in &s.transitions {
         let _ = writeln!(
@@ -1504,6 +1608,128 @@ pub fn render_text(s: &Summary) -> String {
         .map(|(name, _, v)| format!("{name} {v}"))
         .collect();
     let _ = writeln!(o, "\nTracer: {}", health.join(", "));
+    o
+}
+
+/// Width of a histogram bar at its longest.
+const BAR_WIDTH: usize = 40;
+
+/// A duration in ns, three significant digits, in the unit that fits.
+fn human_ns(ns: u64) -> String {
+    let (v, unit) = match ns {
+        0..1_000 => return format!("{ns} ns"),
+        1_000..1_000_000 => (ns as f64 / 1e3, "us"),
+        1_000_000..1_000_000_000 => (ns as f64 / 1e6, "ms"),
+        _ => (ns as f64 / 1e9, "s"),
+    };
+    let prec = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.prec$} {unit}")
+}
+
+/// A latency's buckets regrouped into powers of two of nanoseconds, as
+/// BCC's histograms are: (low ns, high ns, count) for every octave from
+/// the lowest to the highest non-empty one. Exact: the kernel's buckets
+/// split each such octave evenly, so none straddles two.
+pub fn log2_buckets(l: &Latency) -> Vec<(u64, u64, u64)> {
+    let mut by_octave: BTreeMap<u32, u64> = BTreeMap::new();
+    for (lo_us, _, n) in &l.buckets {
+        let lo_ns = (lo_us * 1e3).round() as u64;
+        let octave = if lo_ns == 0 {
+            0
+        } else {
+            64 - lo_ns.leading_zeros()
+        };
+        *by_octave.entry(octave).or_default() += n;
+    }
+    let (Some(first), Some(last)) = (
+        by_octave.keys().next().copied(),
+        by_octave.keys().last().copied(),
+    ) else {
+        return Vec::new();
+    };
+    // Octave k (k >= 1) holds [2^(k-1), 2^k); octave 0 holds only 0.
+    let bounds = |k: u32| match k {
+        0 => (0, 1),
+        k => (1u64 << (k - 1), 1u64 << k.min(63)),
+    };
+    (first..=last)
+        .map(|k| {
+            let (lo, hi) = bounds(k);
+            (lo, hi, by_octave.get(&k).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// One distribution as a bar chart, BCC style.
+fn histogram_chart(out: &mut String, title: &str, l: &Latency) {
+    let rows = log2_buckets(l);
+    if rows.is_empty() {
+        return;
+    }
+    let max = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
+    let _ = writeln!(out, "\n{title}: {} samples", l.count);
+    let _ = writeln!(
+        out,
+        "  {:>10} -> {:<10} {:>8}  distribution",
+        "from", "to", "count"
+    );
+    for (lo, hi, n) in rows {
+        let len = (n as usize * BAR_WIDTH).div_ceil(max as usize);
+        let _ = writeln!(
+            out,
+            "  {:>10} -> {:<10} {:>8}  |{:<BAR_WIDTH$}|",
+            human_ns(lo),
+            human_ns(hi),
+            n,
+            "*".repeat(len)
+        );
+    }
+}
+
+/// The handshake and lifetime distributions as bar charts (log2 buckets).
+pub fn render_histograms(s: &Summary) -> String {
+    let mut o = String::new();
+    histogram_chart(
+        &mut o,
+        "Active handshake latency (connect)",
+        &s.active_handshake.all,
+    );
+    histogram_chart(
+        &mut o,
+        "Passive handshake latency (accept, SYN-ACK RTT)",
+        &s.passive_handshake.all,
+    );
+    histogram_chart(&mut o, "Connection lifetime", &s.connection_lifetime);
+    o
+}
+
+/// ANSI colors for the text report: section titles bold, warnings yellow,
+/// histogram bars cyan. The text is otherwise unchanged.
+pub fn colorize(text: &str) -> String {
+    let mut o = String::with_capacity(text.len() + text.len() / 8);
+    for line in text.lines() {
+        if line.trim_start().starts_with("WARNING:") {
+            let _ = writeln!(o, "\x1b[1;33m{line}\x1b[0m");
+        } else if let (Some(a), Some(b)) = (line.find("|*"), line.rfind('|')) {
+            let _ = writeln!(
+                o,
+                "{}|\x1b[36m{}\x1b[0m{}",
+                &line[..a],
+                &line[a + 1..b],
+                &line[b..]
+            );
+        } else if !line.is_empty() && !line.starts_with(' ') {
+            let _ = writeln!(o, "\x1b[1m{line}\x1b[0m");
+        } else {
+            let _ = writeln!(o, "{line}");
+        }
+    }
     o
 }
 
@@ -1610,6 +1836,71 @@ mod tests {
         assert_eq!(s.time_wait.now.time_wait, 2);
         assert_eq!(s.time_wait.now_by_peer[0].peer, "10.0.0.1:80");
     }
+
+    #[test]
+    fn histograms_group_exactly_into_octaves() {
+        let mut h = Histogram::default();
+        // 3 samples in [32.768, 65.536) us, 1 in [1.048576, 2.097152) ms.
+        for v in [40_000u64, 50_000, 65_535, 1_500_000] {
+            h.record(v);
+        }
+        let l = Latency::from_hist(&h);
+        let rows = log2_buckets(&l);
+        assert_eq!(rows.first(), Some(&(32_768, 65_536, 3)));
+        assert_eq!(rows.last(), Some(&(1_048_576, 2_097_152, 1)));
+        assert_eq!(rows.len(), 6, "empty octaves in between are shown");
+        assert_eq!(rows.iter().map(|r| r.2).sum::<u64>(), 4);
+        let mut s = String::new();
+        histogram_chart(&mut s, "T", &l);
+        assert!(s.contains("T: 4 samples"), "{s}");
+        let full = format!("|{}|", "*".repeat(BAR_WIDTH));
+        assert!(
+            s.lines()
+                .any(|x| x.contains("32.8 us -> 65.5 us") && x.contains(&full)),
+            "{s}"
+        );
+        assert!(
+            s.lines().any(|x| x.contains("1.05 ms -> 2.10 ms")
+                && x.contains(&format!("|{:<40}|", "*".repeat(14)))),
+            "{s}"
+        );
+        assert!(log2_buckets(&Latency::from_hist(&Histogram::default())).is_empty());
+    }
+
+    #[test]
+    fn colorize_marks_warnings_and_keeps_text() {
+        let c = colorize("Title\n  WARNING: x\n  a |**  |\n  plain\n");
+        assert!(c.contains("\x1b[1mTitle\x1b[0m"));
+        assert!(c.contains("\x1b[1;33m  WARNING: x\x1b[0m"));
+        assert!(c.contains("|\x1b[36m**  \x1b[0m|"));
+        assert!(c.contains("\n  plain\n"));
+    }
+
+    #[test]
+    fn tally_survives_its_record() {
+        let snap = Snapshot::empty();
+        let sock = |state, sport| DiagSocket {
+            state,
+            src: "10.0.0.9".parse().unwrap(),
+            sport,
+            dst: "10.0.0.1".parse().unwrap(),
+            dport: 80,
+            cookie: 0,
+            inode: 0,
+            uid: 0,
+        };
+        let socks = [sock(TIME_WAIT, 40000), sock(ESTABLISHED, 40001)];
+        let t = SocketTally::of(&snap, (32768, 60999), &socks);
+        let r = t.to_record();
+        let json = serde_json::to_string(&r).unwrap();
+        let back: TallyRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let t2 = SocketTally::from_record(&back);
+        let a = build(&snap, &ctx(&t));
+        let b = build(&snap, &ctx(&t2));
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn two_namespaces_with_the_same_addresses_stay_apart() {
         let snap = Snapshot::empty();

@@ -36,6 +36,9 @@ pub(crate) async fn stop_signal(duration: Option<Duration>) {
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.from {
+        return crate::record::run::replay_events(args, path);
+    }
     let mut tracer = Tracer::start(args.filter.spec()?, true, args.ring_kib * 1024)?;
     let ring = tracer.probe.take_events()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
@@ -56,8 +59,9 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         tracer.filter().describe()
     );
     if !args.json {
-        writeln!(out, "{}", event::text_header())?;
+        writeln!(out, "{}", event::text_header_with(args.timestamps))?;
     }
+    let color = !args.json && args.color.enabled();
     let mut printed: u64 = 0;
     let mut bad: u64 = 0;
     // Print (or count as undecodable) everything in the ring, then flush.
@@ -65,7 +69,14 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(e) => {
-                    event::write(&mut out, &transition(&e), args.json)?;
+                    let t = transition(&e);
+                    if args.json {
+                        event::write(&mut out, &t, true)?;
+                    } else {
+                        let line = event::text_line_with(&t, args.timestamps);
+                        let line = if color { event::paint(&t, &line) } else { line };
+                        writeln!(out, "{line}")?;
+                    }
                     printed += 1;
                 }
                 Err(e) => {
@@ -134,6 +145,8 @@ pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
     if args.json {
         serde_json::to_writer_pretty(&mut out, &s)?;
         writeln!(out)?;
+    } else if args.color.enabled() {
+        write!(out, "{}", report::colorize(&report::render_text(&s)))?;
     } else {
         write!(out, "{}", report::render_text(&s))?;
     }

@@ -1,0 +1,248 @@
+//! `tracer top`: a full-screen live view (ratatui on crossterm).
+//!
+//! Every `--interval` it reads the kernel aggregates and the sock_diag
+//! population (the same inputs as the summary) and redraws. Per-group
+//! handshake p50/p99 come from the event stream in userspace (the kernel's
+//! flow table keeps only count, sum and max per flow); the counts come from
+//! the aggregates, exact even when the ring buffer drops events.
+
+pub mod model;
+pub mod ui;
+
+use std::{io::IsTerminal, time::Instant};
+
+use ratatui::crossterm::event::{self as ct, Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use self::{
+    model::{Column, Model},
+    ui::View,
+};
+use crate::{cli::TopArgs, event, SummaryOptions, Tracer};
+
+/// What a key does to the view; true: quit.
+pub fn key(v: &mut View, k: KeyEvent) -> bool {
+    if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+        return true;
+    }
+    if v.editing {
+        match k.code {
+            KeyCode::Enter => v.editing = false,
+            KeyCode::Esc => {
+                v.editing = false;
+                v.filter.clear();
+            }
+            KeyCode::Backspace => {
+                v.filter.pop();
+            }
+            KeyCode::Char(c) => v.filter.push(c),
+            _ => {}
+        }
+        return false;
+    }
+    match k.code {
+        KeyCode::Char('q') | KeyCode::Esc => return true,
+        KeyCode::Tab | KeyCode::Char('t') => v.table = v.table.next(),
+        KeyCode::Char('<') | KeyCode::Left => v.sort = v.sort.step(-1),
+        KeyCode::Char('>') | KeyCode::Right => v.sort = v.sort.step(1),
+        KeyCode::Char('i') => v.descending = !v.descending,
+        KeyCode::Char('/') => v.editing = true,
+        KeyCode::Char('p') | KeyCode::Char(' ') => v.paused = !v.paused,
+        KeyCode::Char(c) => {
+            if let Some(col) = Column::from_key(c) {
+                // Names sort A→Z by default, numbers largest first.
+                v.descending = if v.sort == col {
+                    !v.descending
+                } else {
+                    col != Column::Name
+                };
+                v.sort = col;
+            }
+        }
+        _ => {}
+    }
+    false
+}
+
+fn clock() -> String {
+    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    t.get(11..19).unwrap_or(&t).to_string() + " UTC"
+}
+
+/// Reads the aggregates and the population into the model.
+struct Source {
+    tracer: Tracer,
+    opts: SummaryOptions,
+    t0: Instant,
+}
+
+impl Source {
+    fn update(&self, m: &mut Model) -> anyhow::Result<()> {
+        let snap = self.tracer.snapshot()?;
+        let inputs = self.tracer.report_inputs(&snap, &self.opts)?;
+        m.update(self.t0.elapsed().as_secs_f64(), &snap, &inputs);
+        Ok(())
+    }
+}
+
+pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    if !tty && !args.once {
+        anyhow::bail!(
+            "tracer top needs a terminal on stdout; use `tracer top --once` for one frame as text, or `tracer summary`"
+        );
+    }
+    let mut tracer = Tracer::start(args.filter.spec()?, true, args.ring_kib * 1024)?;
+    let ring = tracer.probe.take_events()?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
+    // AsyncFd (which owns the RingBuf) lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
+    let view = View {
+        color: tty && args.color.enabled() || args.color == crate::cli::ColorChoice::Always,
+        describe: tracer.filter().describe(),
+        interval_s: args.interval.as_secs_f64(),
+        clock: clock(),
+        ..View::default()
+    };
+    let src = Source {
+        tracer,
+        opts: SummaryOptions {
+            top: usize::MAX,
+            ..Default::default()
+        },
+        t0: Instant::now(),
+    };
+    // A minute of history for the sparklines.
+    let window = (60.0 / args.interval.as_secs_f64()).ceil() as usize;
+    let mut model = Model::new(0.0).with_window(window.min(3600));
+    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, m: &mut Model| {
+        while let Some(item) = ring.next() {
+            if let Ok(e) = event::decode(&item) {
+                m.event(&e);
+            }
+        }
+    };
+    if args.once {
+        tokio::time::sleep(args.interval).await;
+        drain(fd.get_mut(), &mut model);
+        src.update(&mut model)?;
+        let (w, h) = ratatui::crossterm::terminal::size().unwrap_or((80, 24));
+        let v = View {
+            clock: clock(),
+            ..view
+        };
+        print!("{}", ui::render_text(&model, &v, w.max(80), h.max(24)));
+        return Ok(());
+    }
+    let mut term = ratatui::try_init()?;
+    let result = interactive(&mut term, &mut fd, &src, &mut model, view, args, drain).await;
+    ratatui::restore();
+    result
+}
+
+/// Forward terminal input from a blocking thread.
+fn spawn_input() -> mpsc::UnboundedReceiver<TermEvent> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while let Ok(e) = ct::read() {
+            if tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn interactive(
+    term: &mut ratatui::DefaultTerminal,
+    fd: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    src: &Source,
+    model: &mut Model,
+    mut view: View,
+    args: &TopArgs,
+    drain: impl Fn(&mut aya::maps::RingBuf<aya::maps::MapData>, &mut Model),
+) -> anyhow::Result<()> {
+    let mut input = spawn_input();
+    let mut tick = tokio::time::interval(args.interval);
+    let stop = crate::run::stop_signal(args.duration);
+    tokio::pin!(stop);
+    // The model shown while paused.
+    let mut shown: Option<Model> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {
+                src.update(model)?;
+                view.clock = clock();
+            }
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), model);
+                guard.clear_ready();
+                continue;
+            }
+            e = input.recv() => match e {
+                Some(TermEvent::Key(k)) if k.kind != ct::KeyEventKind::Release => {
+                    if key(&mut view, k) {
+                        return Ok(());
+                    }
+                }
+                Some(_) => {}
+                None => return Ok(()),
+            },
+        }
+        if view.paused {
+            shown.get_or_insert_with(|| model.clone());
+        } else {
+            shown = None;
+        }
+        let m = shown.as_ref().unwrap_or(model);
+        term.draw(|f| ui::draw(f, m, &view))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::crossterm::event::KeyEventState;
+
+    fn press(v: &mut View, code: KeyCode) -> bool {
+        key(
+            v,
+            KeyEvent {
+                code,
+                modifiers: KeyModifiers::NONE,
+                kind: ct::KeyEventKind::Press,
+                state: KeyEventState::NONE,
+            },
+        )
+    }
+
+    #[test]
+    fn keys_sort_switch_filter_pause_and_quit() {
+        let mut v = View::default();
+        assert!(!press(&mut v, KeyCode::Char('f')));
+        assert_eq!((v.sort, v.descending), (Column::Failed, true));
+        press(&mut v, KeyCode::Char('f'));
+        assert!(!v.descending, "the same key again inverts");
+        press(&mut v, KeyCode::Char('a'));
+        assert_eq!((v.sort, v.descending), (Column::Name, false));
+        press(&mut v, KeyCode::Char('>'));
+        assert_eq!(v.sort, Column::ConnRate);
+        press(&mut v, KeyCode::Tab);
+        assert_eq!(v.table, model::Table::Ports);
+        press(&mut v, KeyCode::Char('/'));
+        for c in "q80".chars() {
+            assert!(!press(&mut v, KeyCode::Char(c)), "q is text while editing");
+        }
+        press(&mut v, KeyCode::Backspace);
+        press(&mut v, KeyCode::Enter);
+        assert_eq!((v.filter.as_str(), v.editing), ("q8", false));
+        press(&mut v, KeyCode::Char('p'));
+        assert!(v.paused);
+        assert!(press(&mut v, KeyCode::Char('q')));
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert!(key(&mut View::default(), ctrl_c));
+    }
+}
