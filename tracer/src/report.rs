@@ -703,8 +703,8 @@ impl SocketTally {
     }
 
     /// What a recording keeps of the tally (everything the report reads).
-    /// Recordings keep no namespace split yet: keys are summed over
-    /// namespaces, and a replayed tally is one namespace (0).
+    /// The per-namespace split is kept in `by_netns`; the other fields are
+    /// its sums.
     pub fn to_record(&self) -> TallyRecord {
         let mut by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
         for ((_, a), n) in &self.tw_by_laddr {
@@ -733,6 +733,44 @@ impl SocketTally {
                 })
                 .collect(),
             ephemeral: self.default_ephemeral,
+            by_netns: self
+                .per_ns
+                .iter()
+                .map(|(ns, n)| self.ns_record(*ns, n))
+                .collect(),
+        }
+    }
+
+    fn ns_record(&self, ns: u32, n: &NsTally) -> NsTallyRecord {
+        NsTallyRecord {
+            netns: ns,
+            population: n.population.clone(),
+            ephemeral: n.ephemeral,
+            time_wait_by_peer: self
+                .tw_by_peer
+                .iter()
+                .filter(|((k, _), _)| *k == ns)
+                .map(|((_, p), v)| (p.clone(), *v))
+                .collect(),
+            time_wait_by_local_addr: self
+                .tw_by_laddr
+                .iter()
+                .filter(|((k, _), _)| *k == ns)
+                .map(|((_, a), v)| (*a, *v))
+                .collect(),
+            pressure: self
+                .pressure
+                .iter()
+                .filter(|((k, ..), _)| *k == ns)
+                .map(|((_, l, r, p), (tw, est, other))| PressureRecord {
+                    local_addr: *l,
+                    remote_addr: *r,
+                    remote_port: *p,
+                    time_wait: *tw,
+                    established: *est,
+                    other: *other,
+                })
+                .collect(),
         }
     }
 
@@ -743,26 +781,44 @@ impl SocketTally {
             default_ephemeral: r.ephemeral,
             ..Default::default()
         };
-        t.begin_namespace(0, Some(r.ephemeral));
-        if let Some(n) = t.per_ns.get_mut(&0) {
-            n.population = r.population.clone();
+        if r.by_netns.is_empty() {
+            // A recording from before namespaces: one namespace, 0.
+            t.restore(&NsTallyRecord {
+                netns: 0,
+                population: r.population.clone(),
+                ephemeral: r.ephemeral,
+                time_wait_by_peer: r.time_wait_by_peer.clone(),
+                time_wait_by_local_addr: r.time_wait_by_local_addr.clone(),
+                pressure: r.pressure.clone(),
+            });
         }
-        for (k, v) in &r.time_wait_by_peer {
-            *t.tw_by_peer.entry((0, k.clone())).or_default() += v;
+        for n in &r.by_netns {
+            t.restore(n);
         }
-        for (k, v) in &r.time_wait_by_local_addr {
-            *t.tw_by_laddr.entry((0, *k)).or_default() += v;
+        t
+    }
+
+    fn restore(&mut self, n: &NsTallyRecord) {
+        let ns = n.netns;
+        self.begin_namespace(ns, Some(n.ephemeral));
+        if let Some(t) = self.per_ns.get_mut(&ns) {
+            t.population = n.population.clone();
         }
-        for p in &r.pressure {
-            let e = t
+        for (k, v) in &n.time_wait_by_peer {
+            *self.tw_by_peer.entry((ns, k.clone())).or_default() += v;
+        }
+        for (k, v) in &n.time_wait_by_local_addr {
+            *self.tw_by_laddr.entry((ns, *k)).or_default() += v;
+        }
+        for p in &n.pressure {
+            let e = self
                 .pressure
-                .entry((0, p.local_addr, p.remote_addr, p.remote_port))
+                .entry((ns, p.local_addr, p.remote_addr, p.remote_port))
                 .or_default();
             e.0 += p.time_wait;
             e.1 += p.established;
             e.2 += p.other;
         }
-        t
     }
 
     /// A tally of a list of sockets (one namespace).
@@ -891,6 +947,22 @@ pub struct TallyRecord {
     pub pressure: Vec<PressureRecord>,
     /// net.ipv4.ip_local_port_range when tallied.
     pub ephemeral: (u16, u16),
+    /// The same, per network namespace (the fields above are their sums,
+    /// for readers that predate namespaces). Empty in older recordings.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_netns: Vec<NsTallyRecord>,
+}
+
+/// One namespace's part of a `TallyRecord`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NsTallyRecord {
+    pub netns: u32,
+    pub population: Population,
+    pub ephemeral: (u16, u16),
+    pub time_wait_by_peer: Vec<(String, u64)>,
+    pub time_wait_by_local_addr: Vec<(IpAddr, u64)>,
+    pub pressure: Vec<PressureRecord>,
 }
 
 /// Sockets of one destination on ephemeral local ports.
