@@ -29,7 +29,12 @@ fn metrics_in(expr: &str) -> BTreeSet<String> {
     out
 }
 
+/// What the host-namespace exporter needs (systemd unit).
 const CAPS: [&str; 2] = ["BPF", "PERFMON"];
+/// The DaemonSet also reads every pod's namespace: SYS_PTRACE finds them
+/// (/proc/PID/ns/net), SYS_ADMIN enters them (setns); tests/tests/netns.rs
+/// measures each road.
+const DAEMONSET_CAPS: [&str; 4] = ["BPF", "PERFMON", "SYS_PTRACE", "SYS_ADMIN"];
 
 #[test]
 fn daemonset_is_valid_and_least_privileged() {
@@ -59,8 +64,32 @@ fn daemonset_is_valid_and_least_privileged() {
         .iter()
         .filter_map(Yaml::as_str)
         .collect();
-    assert_eq!(add, CAPS);
+    assert_eq!(add, DAEMONSET_CAPS);
     assert_eq!(sc["drop"][0].as_str(), Some("ALL"));
+    assert_eq!(
+        spec["hostPID"].as_bool(),
+        Some(true),
+        "namespaces are found through /proc"
+    );
+    assert_eq!(
+        c["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+    // /run/netns from the host, read-only, seeing mounts made after start.
+    let mounts = c["volumeMounts"].as_vec().unwrap();
+    let netns = mounts
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some("/run/netns"))
+        .expect("/run/netns mounted");
+    assert_eq!(netns["readOnly"].as_bool(), Some(true));
+    assert_eq!(netns["mountPropagation"].as_str(), Some("HostToContainer"));
+    let vol = spec["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == netns["name"])
+        .expect("its volume");
+    assert_eq!(vol["hostPath"]["path"].as_str(), Some("/run/netns"));
     assert_eq!(c["securityContext"]["privileged"], Yaml::BadValue);
     assert_eq!(
         c["ports"][0]["containerPort"].as_i64(),
@@ -123,6 +152,8 @@ fn every_dashboard_query_names_an_emitted_metric() {
         "TIME_WAIT entry rate by peer",
         "Failed connects",
         "Tracer health: drops",
+        "TIME_WAIT population by pod",
+        "Failed connects by pod",
     ] {
         assert!(
             titles.iter().any(|t| t.starts_with(want)),
@@ -133,6 +164,8 @@ fn every_dashboard_query_names_an_emitted_metric() {
         "tcp_tracer_handshake_duration_seconds_bucket",
         "tcp_tracer_peer_time_wait_entries_total",
         "tcp_tracer_events_dropped_total",
+        "tcp_tracer_netns_sockets",
+        "tcp_tracer_netns_connect_failures_total",
     ] {
         assert!(used.contains(m), "{m} not on the dashboard");
     }

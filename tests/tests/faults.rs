@@ -503,14 +503,15 @@ fn thread_caps(pid: u32) -> BTreeSet<String> {
 fn capabilities_after_attach_in_every_mode() {
     let net = Subnet::unique(54);
     // CAP_BPF (39): sock_diag's socket-storage answers (CLOSE_WAIT ages),
-    // in summary and serve; CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19):
-    // the summary's CLOSE_WAIT owners. Nothing for events.
-    let bpf = 1u64 << 39;
+    // CAP_SYS_ADMIN (21) and CAP_SYS_PTRACE (19): every network namespace's
+    // population, in summary and serve; CAP_DAC_READ_SEARCH (2): the
+    // summary's CLOSE_WAIT owners. Nothing for events.
+    let (bpf, ns) = (1u64 << 39, (1u64 << 21) | (1u64 << 19));
     let hex = |v: u64| format!("{v:016x}");
     let zero = hex(0);
-    for (who, expect_summary) in [
-        ("root", hex(bpf | (1u64 << 2) | (1u64 << 19))),
-        ("nobody+BPF+PERFMON", hex(bpf)),
+    for (who, expect_summary, expect_serve) in [
+        ("root", hex(bpf | ns | (1u64 << 2)), hex(bpf | ns)),
+        ("nobody+BPF+PERFMON", hex(bpf), hex(bpf)),
     ] {
         for mode in MODES {
             let args = mode_args(mode, &net);
@@ -542,10 +543,9 @@ fn capabilities_after_attach_in_every_mode() {
                 assert!(body.contains("tcp_tracer_transitions_total"));
             }
             let sets = thread_caps(run.pid());
-            let serve_caps = hex(bpf);
             let want = match mode {
                 "summary" => &expect_summary,
-                "serve" => &serve_caps,
+                "serve" => &expect_serve,
                 _ => &zero,
             };
             for s in &sets {

@@ -265,11 +265,22 @@ pub struct FilterArgs {
     /// Kernel BTF to read instead of /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "PATH")]
     pub btf: Option<std::path::PathBuf>,
+    /// Only this network namespace: its inode (as `ls -l /proc/PID/ns/net`
+    /// shows it), a /run/netns name, or pid:PID for that process's namespace.
+    #[arg(long, value_name = "INODE|NAME|pid:PID")]
+    pub netns: Option<crate::netns::Selector>,
 }
 
 impl FilterArgs {
-    pub fn spec(&self) -> FilterSpec {
-        FilterSpec {
+    /// The filter, with `--netns` resolved to an inode (fails when the name
+    /// or process does not exist, or its namespace cannot be read).
+    pub fn spec(&self) -> anyhow::Result<FilterSpec> {
+        let netns = match &self.netns {
+            Some(sel) => Some(sel.resolve().map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        Ok(FilterSpec {
+            netns,
             pid: self.pid,
             comm: self.comm.clone(),
             port: self.port,
@@ -283,7 +294,7 @@ impl FilterArgs {
             } else {
                 None
             },
-        }
+        })
     }
 }
 
@@ -389,7 +400,7 @@ mod tests {
             panic!("summary")
         };
         assert_eq!(s.duration, Some(Duration::from_secs(2)));
-        let f = s.filter.spec();
+        let f = s.filter.spec().unwrap();
         assert_eq!(f.port, Some(80));
         assert_eq!(f.family, Some(Family::Ipv4));
         assert_eq!(s.close_wait_age, Duration::from_secs(30));
@@ -411,6 +422,25 @@ mod tests {
     }
 
     #[test]
+    fn netns_selectors_resolve() {
+        let own = crate::netns::own().unwrap();
+        for arg in [format!("pid:{}", std::process::id()), own.to_string()] {
+            let c = Cli::try_parse_from(["tracer", "summary", "--netns", &arg]).unwrap();
+            let Some(Command::Summary(s)) = c.command else {
+                panic!("summary")
+            };
+            assert_eq!(s.filter.spec().unwrap().netns, Some(own), "{arg}");
+        }
+        // Parses, but names nothing: a clear error at resolution.
+        let c = Cli::try_parse_from(["tracer", "events", "--netns", "netns-none-such"]).unwrap();
+        let Some(Command::Events(e)) = c.command else {
+            panic!("events")
+        };
+        let err = e.filter.spec().unwrap_err().to_string();
+        assert!(err.contains("no such namespace"), "{err}");
+    }
+
+    #[test]
     fn rejects_bad_input() {
         for args in [
             &["tracer", "summary", "--duration", "0s"][..],
@@ -425,6 +455,8 @@ mod tests {
             &["tracer", "summary", "--close-wait-age", "0s"],
             &["tracer", "serve", "--listen", "localhost"],
             &["tracer", "serve", "--top-peers", "0"],
+            &["tracer", "summary", "--netns", "pid:x"],
+            &["tracer", "summary", "--netns", "../x"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?} should fail");
         }
@@ -439,7 +471,7 @@ mod tests {
         let Some(Command::Events(e)) = c.command else {
             panic!("events")
         };
-        let f = e.filter.spec();
+        let f = e.filter.spec().unwrap();
         assert_eq!((f.pid, f.lport, f.rport), (Some(42), Some(80), Some(443)));
         assert!(e.timestamps);
         assert_eq!(e.color, ColorChoice::Never);

@@ -141,6 +141,17 @@ pub struct Population {
 }
 
 impl Population {
+    pub fn merge(&mut self, o: &Population) {
+        self.time_wait += o.time_wait;
+        self.fin_wait2 += o.fin_wait2;
+        self.close_wait += o.close_wait;
+        self.established += o.established;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.time_wait + self.fin_wait2 + self.close_wait + self.established
+    }
+
     pub fn add(&mut self, s: &DiagSocket) {
         match s.state {
             state::TIME_WAIT => self.time_wait += 1,

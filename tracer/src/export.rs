@@ -24,7 +24,8 @@ use prometheus_client::{
 use tracer_common::{close, counter, dir, hist, hist_kind};
 
 use crate::{
-    model::{state_name, GroupStats, Histogram, Snapshot},
+    diag::Population,
+    model::{flow_netns, state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
     report::Summary,
 };
@@ -101,6 +102,37 @@ impl PeerSlots {
             out.push(("other".into(), other));
         }
         out
+    }
+}
+
+/// Label slots of one exporter: peers, and network namespaces (with the
+/// pod and container each namespace had when it was admitted, so a series'
+/// labels never change).
+#[derive(Debug, Default)]
+pub struct Slots {
+    pub peers: PeerSlots,
+    pub netns: PeerSlots,
+    netns_labels: BTreeMap<String, (String, String)>,
+}
+
+impl Slots {
+    /// `top` peers and `top` namespaces get their own series.
+    pub fn new(top: usize) -> Self {
+        Slots {
+            peers: PeerSlots::new(top),
+            netns: PeerSlots::new(top),
+            netns_labels: BTreeMap::new(),
+        }
+    }
+
+    /// (netns, pod, container) labels of a namespace label value.
+    fn netns_labels(&self, netns: &str) -> Labels {
+        let (pod, container) = self.netns_labels.get(netns).cloned().unwrap_or_default();
+        vec![
+            ("netns", netns.to_string()),
+            ("pod", pod),
+            ("container", container),
+        ]
     }
 }
 
@@ -202,7 +234,7 @@ fn histogram_series(
 /// Encode one scrape. Pure: unit tests call it on synthetic snapshots.
 pub fn encode_scrape(
     s: &Scrape,
-    slots: &mut PeerSlots,
+    slots: &mut Slots,
     mut enc: DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     let snap = &s.snap;
@@ -383,7 +415,7 @@ pub fn encode_scrape(
         .into_iter()
         .map(|(label, _, g)| (label, g))
         .collect();
-    let peers = slots.fold(groups);
+    let peers = slots.peers.fold(groups);
     let per_peer = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
         peers
             .iter()
@@ -421,6 +453,8 @@ pub fn encode_scrape(
         &per_peer(|g| g.handshakes_with_retransmits),
     )?;
 
+    encode_namespaces(s, slots, &mut enc)?;
+
     // The tracer's own health: the same list the text report prints.
     for (name, help, value) in s.summary.tracer.entries() {
         counter1(&mut enc, name, help, value)?;
@@ -449,10 +483,129 @@ pub fn encode_scrape(
     Ok(())
 }
 
+/// Per network namespace: populations and leaks of the `top` largest
+/// namespaces this scrape (gauges), flow counters with sticky slots like
+/// peers; everything else in `netns="other"`. And what the population covers.
+fn encode_namespaces(
+    s: &Scrape,
+    slots: &mut Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let sum = &s.summary;
+    let top = slots.netns.max;
+    for r in sum.namespaces.iter().take(top) {
+        let pod = r.pod_uid.clone().unwrap_or_default();
+        let container = r.container.clone().or(r.unit.clone()).unwrap_or_default();
+        slots
+            .netns_labels
+            .entry(r.netns.to_string())
+            .or_insert((pod, container));
+    }
+    let rows: Vec<_> = sum.namespaces.iter().take(top).collect();
+    let other_labels = slots.netns_labels("other");
+    let mut sockets = Vec::new();
+    for (state, total, of) in [
+        (
+            "TIME_WAIT",
+            sum.time_wait.now.time_wait,
+            (|p: &Population| p.time_wait) as fn(&Population) -> u64,
+        ),
+        ("FIN_WAIT2", sum.time_wait.now.fin_wait2, |p| p.fin_wait2),
+        ("CLOSE_WAIT", sum.time_wait.now.close_wait, |p| p.close_wait),
+        ("ESTABLISHED", sum.time_wait.now.established, |p| {
+            p.established
+        }),
+    ] {
+        let mut rest = total;
+        for r in &rows {
+            let mut l = slots.netns_labels(&r.netns.to_string());
+            l.push(("state", state.to_string()));
+            rest = rest.saturating_sub(of(&r.now));
+            sockets.push((l, of(&r.now) as f64));
+        }
+        if sum.namespaces.len() >= top {
+            let mut l = other_labels.clone();
+            l.push(("state", state.to_string()));
+            sockets.push((l, rest as f64));
+        }
+    }
+    gauge_family(
+        enc,
+        "netns_sockets",
+        "TCP sockets by state now, per network namespace (sock_diag inside each; top N namespaces, the rest in netns=\"other\")",
+        &sockets,
+    )?;
+    let mut leaks: Vec<(Labels, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                slots.netns_labels(&r.netns.to_string()),
+                r.close_wait_leaks as f64,
+            )
+        })
+        .collect();
+    if sum.namespaces.len() >= top {
+        let listed: u64 = rows.iter().map(|r| r.close_wait_leaks).sum();
+        let all = sum.close_wait.leaks.len() as u64;
+        leaks.push((other_labels, all.saturating_sub(listed) as f64));
+    }
+    gauge_family(
+        enc,
+        "netns_close_wait_leaked_sockets",
+        "CLOSE_WAIT sockets older than the leak threshold, per network namespace (top N)",
+        &leaks,
+    )?;
+    let groups = crate::model::group_flows(&s.snap.flows, |k, _| flow_netns(k), usize::MAX)
+        .into_iter()
+        .map(|(ns, g)| (ns.map_or("unknown".into(), |n| n.to_string()), g))
+        .collect();
+    let per_ns = slots.netns.fold(groups);
+    let counters = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
+        per_ns
+            .iter()
+            .map(|(ns, g)| (slots.netns_labels(ns), f(g)))
+            .collect()
+    };
+    counter_family(
+        enc,
+        "netns_connections",
+        "Established connections per network namespace (netns=\"unknown\" while the kernel side does not report namespaces)",
+        &counters(|g| g.established),
+    )?;
+    counter_family(
+        enc,
+        "netns_connect_failures",
+        "Failed connects per network namespace",
+        &counters(|g| g.connect_failed),
+    )?;
+    counter_family(
+        enc,
+        "netns_time_wait_entries",
+        "TIME_WAIT entries per network namespace",
+        &counters(|g| g.time_wait_entries),
+    )?;
+    let c = &sum.netns_coverage;
+    gauge_family(
+        enc,
+        "namespaces",
+        "Network namespaces found, by whether their population was read (unreadable: no privilege to enter or read them)",
+        &[
+            (labels(&[("status", "read")]), c.read as f64),
+            (labels(&[("status", "unreadable")]), c.unreadable.len() as f64),
+        ],
+    )?;
+    gauge_family(
+        enc,
+        "namespaces_complete",
+        "1 when every network namespace on the host was read (0: the population misses some; see the summary's netns_coverage)",
+        &[(Vec::new(), if c.complete { 1.0 } else { 0.0 })],
+    )
+}
+
 /// The collector `Registry` calls at each scrape.
 pub struct LiveCollector {
     pub scrape: Box<dyn Fn() -> anyhow::Result<Scrape> + Send + Sync>,
-    pub slots: Mutex<PeerSlots>,
+    pub slots: Mutex<Slots>,
 }
 
 impl std::fmt::Debug for LiveCollector {
@@ -536,11 +689,7 @@ pub fn metric_names() -> BTreeSet<String> {
     struct Empty;
     impl Collector for Empty {
         fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            encode_scrape(
-                &offline_scrape(Snapshot::empty()),
-                &mut PeerSlots::new(1),
-                enc,
-            )
+            encode_scrape(&offline_scrape(Snapshot::empty()), &mut Slots::new(1), enc)
         }
     }
     let om = openmetrics(&registry(Empty)).expect("encoding to a String");
@@ -583,7 +732,7 @@ mod tests {
     use crate::model::Replay;
 
     #[derive(Debug)]
-    struct Fixed(Mutex<(Snapshot, PeerSlots)>);
+    struct Fixed(Mutex<(Snapshot, Slots)>);
     impl Collector for Fixed {
         fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             let mut g = self.0.lock().unwrap();
@@ -639,7 +788,7 @@ mod tests {
 
     #[test]
     fn more_peers_than_slots_give_exactly_n_plus_one_series() {
-        let c = Fixed(Mutex::new((replay_peers(7), PeerSlots::new(3))));
+        let c = Fixed(Mutex::new((replay_peers(7), Slots::new(3))));
         let r = registry(c);
         let text = openmetrics(&r).unwrap();
         let conns = series(&text, "tcp_tracer_peer_connections_total");
@@ -685,7 +834,7 @@ mod tests {
             r.active_close_to_time_wait(i, true);
         }
         r.refused(50, 7, [10, 0, 0, 1], 444);
-        let c = Fixed(Mutex::new((r.snapshot(), PeerSlots::new(10))));
+        let c = Fixed(Mutex::new((r.snapshot(), Slots::new(10))));
         let text = openmetrics(&registry(c)).unwrap();
         for want in [
             "tcp_tracer_connect_attempts_total 4",
@@ -719,5 +868,65 @@ mod tests {
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
         assert_eq!(sample_names(&classic), names);
         assert!(names.is_subset(&metric_names()), "{names:?}");
+    }
+    #[test]
+    fn namespace_series_are_top_n_plus_other() {
+        use crate::diag::DiagSocket;
+        let snap = Snapshot::empty();
+        let mut tally = crate::report::SocketTally::new(&snap, (32768, 60999));
+        // Namespaces 1..=5 with 1..=5 TIME_WAIT sockets each.
+        for ns in 1..=5u32 {
+            tally.begin_namespace(ns, None);
+            for i in 0..ns {
+                tally.add(&DiagSocket {
+                    state: tracer_common::state::TIME_WAIT,
+                    src: "127.0.0.1".parse().unwrap(),
+                    sport: 40000 + i as u16,
+                    dst: "127.0.0.1".parse().unwrap(),
+                    dport: 9000,
+                    cookie: 0,
+                    inode: 0,
+                    uid: 0,
+                });
+            }
+        }
+        let mut ctx = crate::report::Context::defaults(&tally);
+        ctx.top = 2;
+        let summary = crate::report::build(&snap, &ctx);
+        let scrape = Scrape {
+            snap,
+            summary,
+            run_stats: RunStats::default(),
+            stats_enabled: false,
+        };
+        struct One(Mutex<(Scrape, Slots)>);
+        impl std::fmt::Debug for One {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("One")
+            }
+        }
+        impl Collector for One {
+            fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                let mut g = self.0.lock().unwrap();
+                let (s, slots) = &mut *g;
+                encode_scrape(s, slots, enc)
+            }
+        }
+        let text = openmetrics(&registry(One(Mutex::new((scrape, Slots::new(2)))))).unwrap();
+        let tw: Vec<&str> = series(&text, "tcp_tracer_netns_sockets")
+            .into_iter()
+            .filter(|l| l.contains("state=\"TIME_WAIT\""))
+            .collect();
+        assert_eq!(tw.len(), 3, "{tw:#?}");
+        for want in [
+            "tcp_tracer_netns_sockets{netns=\"5\",pod=\"\",container=\"\",state=\"TIME_WAIT\"} 5.0",
+            "tcp_tracer_netns_sockets{netns=\"4\",pod=\"\",container=\"\",state=\"TIME_WAIT\"} 4.0",
+            "tcp_tracer_netns_sockets{netns=\"other\",pod=\"\",container=\"\",state=\"TIME_WAIT\"} 6.0",
+        ] {
+            assert!(tw.contains(&want), "{want} not in {tw:#?}");
+        }
+        // No flows: no per-namespace counter series; coverage is exported.
+        assert!(series(&text, "tcp_tracer_netns_connections_total").is_empty());
+        assert!(text.contains("tcp_tracer_namespaces_complete 0"), "{text}");
     }
 }

@@ -29,6 +29,8 @@ pub struct FilterSpec {
     /// Remote address prefix.
     pub addr: Option<IpNet>,
     pub family: Option<Family>,
+    /// Network namespace (inode), resolved from `--netns`.
+    pub netns: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -100,6 +102,9 @@ impl FilterSpec {
             any: (!self.is_empty()) as u8,
             ..Default::default()
         };
+        // The kernel filters transitions by namespace; the population side
+        // reads only that namespace.
+        f.netns = self.netns.unwrap_or(0);
         if let Some(c) = &self.comm {
             f.has_comm = 1;
             f.comm[..c.len()].copy_from_slice(c.as_bytes());
@@ -172,6 +177,9 @@ impl FilterSpec {
         if let Some(f) = self.family {
             parts.push(fam_name(f).to_string());
         }
+        if let Some(n) = self.netns {
+            parts.push(format!("netns {n}"));
+        }
         if parts.is_empty() {
             "all TCP".into()
         } else {
@@ -205,10 +213,12 @@ mod tests {
             port: Some(443),
             addr: Some("10.0.0.0/8".parse().unwrap()),
             family: Some(Family::Ipv4),
+            netns: Some(4026531840),
             ..Default::default()
         };
         f.validate().unwrap();
         let k = f.to_kernel();
+        assert_eq!(k.netns, 4026531840);
         assert_eq!(k.tgid, 42);
         assert_eq!(&k.comm[..5], b"curl\0");
         assert_eq!(k.has_comm, 1);

@@ -15,7 +15,9 @@ pub mod export;
 pub mod filter;
 pub mod manual;
 pub mod model;
+pub mod netns;
 pub mod offsets;
+pub mod population;
 pub mod privs;
 pub mod probe;
 pub mod procs;
@@ -159,14 +161,13 @@ impl Tracer {
         let sysctls = report::Sysctls::read();
         // Streamed into the tally: no list of every socket on the host.
         let mut tally = report::SocketTally::new(snap, sysctls.ip_local_port_range);
-        diag::dump_each(diag::population_states(), |s| {
-            if self.filter.matches_socket(&s) {
-                tally.add(&s);
-            }
-        })?;
+        let found = population::namespaces(&self.filter)?;
+        let (namespaces, coverage) =
+            population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
         let now_ns = monotonic_ns();
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
+            &found,
             &tally.close_wait,
             now_ns,
             opts.close_wait_threshold,
@@ -189,6 +190,8 @@ impl Tracer {
             close_wait_threshold_s: opts.close_wait_threshold.as_secs_f64(),
             now_sec: now_ns / 1_000_000_000,
             cgroup_paths,
+            namespaces,
+            coverage,
         })
     }
 
@@ -200,31 +203,32 @@ impl Tracer {
     /// without `cgroups` (owners not wanted) only the captured one, no paths.
     fn close_wait_leaks(
         &self,
-        sockets: &[DiagSocket],
+        namespaces: &netns::Discovery,
+        sockets: &[(u32, DiagSocket)],
         now_ns: u64,
         threshold: std::time::Duration,
         mut cgroups: Option<&mut cgroup::Resolver>,
     ) -> anyhow::Result<Vec<CloseWaitLeak>> {
         let uptime_ns = self.started.elapsed().as_nanos() as u64;
         let mut old = Vec::new();
-        let states = if sockets.iter().any(|s| s.state == state::CLOSE_WAIT) {
-            self.close_wait_states()
+        let states = if sockets.iter().any(|(_, s)| s.state == state::CLOSE_WAIT) {
+            self.close_wait_states(namespaces, sockets)
         } else {
             Default::default()
         };
-        for s in sockets.iter().filter(|s| s.state == state::CLOSE_WAIT) {
+        for (netns, s) in sockets.iter().filter(|(_, s)| s.state == state::CLOSE_WAIT) {
             let st = states.get(&s.cookie).copied();
             let (age_ns, exact) = match st {
                 Some(st) if st.ts_state != 0 => (now_ns.saturating_sub(st.ts_state), true),
                 _ => (uptime_ns, false),
             };
             if age_ns >= threshold.as_nanos() as u64 {
-                old.push((s, st, age_ns, exact));
+                old.push((*netns, s, st, age_ns, exact));
             }
         }
         let inodes: Vec<u32> = old
             .iter()
-            .map(|(s, ..)| s.inode)
+            .map(|(_, s, ..)| s.inode)
             .filter(|i| *i != 0)
             .collect();
         let holders = if inodes.is_empty() || cgroups.is_none() {
@@ -234,7 +238,7 @@ impl Tracer {
         };
         let mut leaks: Vec<CloseWaitLeak> = old
             .into_iter()
-            .map(|(s, st, age_ns, exact)| {
+            .map(|(netns, s, st, age_ns, exact)| {
                 let captured = st.filter(|st| st.flags & flag::OWNER_KNOWN != 0);
                 let (pid, comm) = match (holders.get(&s.inode), captured) {
                     (Some(o), _) => (Some(o.tgid), Some(model::comm_str(&o.comm))),
@@ -243,6 +247,7 @@ impl Tracer {
                 };
                 let cgroup_id = captured.map_or(0, |st| st.cgroup_id);
                 CloseWaitLeak {
+                    netns,
                     local: model::endpoint(s.src, s.sport),
                     peer: model::endpoint(s.dst, s.dport),
                     pid,
@@ -260,23 +265,44 @@ impl Tracer {
 }
 
 impl Tracer {
-    /// The kernel side's state of this namespace's CLOSE_WAIT sockets, by
-    /// cookie (empty, with a warning, where sock_diag cannot return it).
-    fn close_wait_states(&self) -> std::collections::HashMap<u64, tracer_common::SockState> {
-        let got = self
-            .probe
-            .socket_storage_fd()
-            .map_err(anyhow::Error::from)
-            .and_then(|fd| {
-                Ok(diag_storage::states_by_cookie(
-                    fd,
-                    diag::states(&[state::CLOSE_WAIT]),
-                )?)
-            });
-        got.unwrap_or_else(|e| {
-            log::warn!("CLOSE_WAIT ages unavailable (sock_diag socket storage): {e:#}");
-            Default::default()
-        })
+    /// The kernel side's state of the CLOSE_WAIT sockets of every namespace
+    /// that has some, by cookie (cookies are unique host-wide). sock_diag
+    /// returns it in the namespace it is asked in, so other namespaces are
+    /// asked from inside (setns); where that fails (no CAP_SYS_ADMIN: the
+    /// /proc road has no cookies anyway) the ages are lower bounds.
+    fn close_wait_states(
+        &self,
+        found: &netns::Discovery,
+        sockets: &[(u32, DiagSocket)],
+    ) -> std::collections::HashMap<u64, tracer_common::SockState> {
+        let mut out = std::collections::HashMap::new();
+        let fd = match self.probe.socket_storage_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("CLOSE_WAIT ages unavailable (socket storage map): {e:#}");
+                return out;
+            }
+        };
+        let mask = diag::states(&[state::CLOSE_WAIT]);
+        let wanted: std::collections::BTreeSet<u32> = sockets.iter().map(|(n, _)| *n).collect();
+        for ns in found
+            .namespaces
+            .iter()
+            .filter(|n| wanted.contains(&n.inode))
+        {
+            let got = if ns.inode == found.own {
+                diag_storage::states_by_cookie(fd, mask).map_err(anyhow::Error::from)
+            } else {
+                netns::within(ns, || diag_storage::states_by_cookie(fd, mask))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| Ok(r?))
+            };
+            match got {
+                Ok(m) => out.extend(m),
+                Err(e) => log::debug!("CLOSE_WAIT ages in netns {}: {e:#}", ns.inode),
+            }
+        }
+        out
     }
 }
 
@@ -300,6 +326,9 @@ pub struct ReportInputs {
     pub close_wait_threshold_s: f64,
     pub now_sec: u64,
     pub cgroup_paths: BTreeMap<u64, String>,
+    /// The namespaces read and what the population covers.
+    pub namespaces: Vec<report::NamespaceMeta>,
+    pub coverage: report::Coverage,
 }
 
 impl ReportInputs {
@@ -319,25 +348,28 @@ impl ReportInputs {
                 close_wait_threshold_s: self.close_wait_threshold_s,
                 now_sec: self.now_sec,
                 cgroup_paths: &self.cgroup_paths,
+                namespaces: &self.namespaces,
+                coverage: self.coverage.clone(),
             },
         )
     }
 }
 
 fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {
-    let listeners = diag::dump(diag::states(&[state::LISTEN])).context("sock_diag LISTEN dump")?;
-    let inodes: Vec<u32> = listeners.iter().map(|s| s.inode).collect();
+    let found = netns::discover().context("finding network namespaces")?;
+    let listeners = population::listeners(&found);
+    let inodes: Vec<u32> = listeners.iter().map(|l| l.2).collect();
     let owners = procs::socket_owners(&inodes);
-    let netns = own_netns();
+    // Listeners keyed by (netns, port), with their socket count.
     let mut seeds: BTreeMap<tracer_common::ListenerKey, tracer_common::Owner> = BTreeMap::new();
-    for s in &listeners {
+    for (netns, port, inode) in &listeners {
         let key = tracer_common::ListenerKey {
-            netns,
-            port: s.sport,
+            netns: *netns,
+            port: *port,
             _pad: 0,
         };
         let seed = seeds.entry(key).or_default();
-        if let Some(o) = owners.get(&s.inode) {
+        if let Some(o) = owners.get(inode) {
             *seed = tracer_common::Owner {
                 sockets: seed.sockets,
                 ..*o

@@ -354,6 +354,11 @@ struct GroupSums {
     lifetime_ns: u64,
 }
 
+/// The network namespace (inode) a flow belongs to (None: not known, 0).
+pub fn flow_netns(k: &FlowKey) -> Option<u32> {
+    (k.netns != 0).then_some(k.netns)
+}
+
 /// Group flows by `key_of`, then keep the `top` largest by volume (ties by key).
 pub fn group_flows<K: Ord + Clone>(
     flows: &[(FlowKey, FlowStats)],

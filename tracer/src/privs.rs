@@ -14,6 +14,12 @@
 //!   come from sock_diag's socket-storage attribute
 //!   (`INET_DIAG_REQ_SK_BPF_STORAGES`), which the kernel answers only for a
 //!   caller with CAP_BPF (`bpf_sk_storage_diag_alloc`).
+//! - summary, serve (and top, record): CAP_SYS_ADMIN and CAP_SYS_PTRACE, when
+//!   the tracer has them, to read every network namespace's population at
+//!   each report or scrape: setns(2) into a namespace needs CAP_SYS_ADMIN,
+//!   finding other processes' namespaces (/proc/PID/ns/net, or their
+//!   /proc/PID/net/tcp when setns is not allowed) needs ptrace read access.
+//!   Without them the report covers fewer namespaces and says which.
 //! - summary (and record): CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, when the tracer has
 //!   them: the report names the process holding each CLOSE_WAIT leak from
 //!   /proc/PID/fd of every process (searching another user's fd directory
@@ -34,9 +40,16 @@ use caps::{CapSet, Capability, CapsHashSet};
 pub fn wanted(mode: Mode) -> CapsHashSet {
     match mode {
         Mode::Events => CapsHashSet::new(),
-        Mode::Serve => [Capability::CAP_BPF].into_iter().collect(),
+        Mode::Serve => [
+            Capability::CAP_BPF,
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_SYS_PTRACE,
+        ]
+        .into_iter()
+        .collect(),
         Mode::Summary => [
             Capability::CAP_BPF,
+            Capability::CAP_SYS_ADMIN,
             Capability::CAP_SYS_PTRACE,
             Capability::CAP_DAC_READ_SEARCH,
         ]
@@ -126,10 +139,13 @@ mod tests {
     #[test]
     fn only_the_summary_keeps_proc_access() {
         assert!(wanted(Mode::Events).is_empty());
-        assert_eq!(describe(&wanted(Mode::Serve)), "CAP_BPF");
+        assert_eq!(
+            describe(&wanted(Mode::Serve)),
+            "CAP_BPF CAP_SYS_ADMIN CAP_SYS_PTRACE"
+        );
         assert_eq!(
             describe(&wanted(Mode::Summary)),
-            "CAP_BPF CAP_DAC_READ_SEARCH CAP_SYS_PTRACE"
+            "CAP_BPF CAP_DAC_READ_SEARCH CAP_SYS_ADMIN CAP_SYS_PTRACE"
         );
         assert_eq!(describe(&CapsHashSet::new()), "none");
     }

@@ -571,6 +571,8 @@ impl RecSnapshot {
             close_wait_threshold_s: self.close_wait_threshold_s,
             now_sec: self.now_sec,
             cgroup_paths: self.cgroup_paths.iter().cloned().collect(),
+            namespaces: Vec::new(),
+            coverage: Default::default(),
         }
     }
 }

@@ -13,8 +13,8 @@ use tracer_common::{close, counter, dir, hist_kind, state, FlowKey, FlowStats};
 use crate::{
     diag::{DiagSocket, Population},
     model::{
-        comm_str, dir_name, endpoint, group_flows, ip_from_raw, state_name, GroupStats, Histogram,
-        Snapshot,
+        comm_str, dir_name, endpoint, flow_netns, group_flows, ip_from_raw, state_name, GroupStats,
+        Histogram, Snapshot,
     },
 };
 
@@ -149,6 +149,8 @@ pub struct TimeWait {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PopulationRow {
+    /// Network namespace (inode) the sockets are in.
+    pub netns: u32,
     pub peer: String,
     pub count: u64,
 }
@@ -165,6 +167,9 @@ pub struct PeerRow {
     /// Active side: remote address:port; passive side: client address → local port.
     pub peer: String,
     pub direction: &'static str,
+    /// Network namespace of the flows (null until the kernel side reports it;
+    /// `time_wait_now` is then summed over every namespace).
+    pub netns: Option<u32>,
     /// TIME_WAIT sockets of this peer now (sock_diag).
     pub time_wait_now: u64,
     #[serde(flatten)]
@@ -174,6 +179,9 @@ pub struct PeerRow {
 /// TIME_WAIT per local address: which of the host's IPs hold the sockets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LocalAddrRow {
+    /// Network namespace; null while flows do not carry theirs (the row then
+    /// sums the address over every namespace).
+    pub netns: Option<u32>,
     pub local_addr: String,
     /// Entries into TIME_WAIT during the run (this host closed first).
     pub time_wait_entries: u64,
@@ -186,6 +194,8 @@ pub struct LocalAddrRow {
 /// 4-tuple holds, so TIME_WAIT + live sockets count against the range.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PressureRow {
+    /// Network namespace: each has its own port space and range.
+    pub netns: u32,
     pub local_addr: String,
     pub remote: String,
     pub time_wait: u64,
@@ -193,7 +203,7 @@ pub struct PressureRow {
     /// Other non-listening states (SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING).
     pub other: u64,
     pub total: u64,
-    /// Size of net.ipv4.ip_local_port_range.
+    /// Size of that namespace's net.ipv4.ip_local_port_range.
     pub range_size: u64,
     /// total / range_size, in percent.
     pub used_pct: f64,
@@ -255,6 +265,8 @@ pub struct TimeWaitModel {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CloseWaitLeak {
+    /// Network namespace of the socket.
+    pub netns: u32,
     pub local: String,
     pub peer: String,
     /// The process holding the socket now (from /proc), else the owner the
@@ -290,6 +302,8 @@ pub struct CgroupRow {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PortRow {
+    /// Network namespace (null until the kernel side reports it).
+    pub netns: Option<u32>,
     /// Local listening port; null for outgoing connections (ephemeral ports).
     pub local_port: Option<u16>,
     #[serde(flatten)]
@@ -432,7 +446,83 @@ pub struct Summary {
     pub top_local_ports: Vec<PortRow>,
     pub top_processes: Vec<ProcessRow>,
     pub top_cgroups: Vec<CgroupRow>,
+    /// Every network namespace read, largest population first (top N).
+    pub namespaces: Vec<NamespaceRow>,
+    /// Which namespaces the population covers, and how they were read.
+    pub netns_coverage: Coverage,
     pub tracer: Health,
+}
+
+/// A network namespace as the report's caller found and read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceMeta {
+    pub netns: u32,
+    /// /run/netns names.
+    pub names: Vec<String>,
+    /// A process inside it.
+    pub pid: Option<u32>,
+    /// What that process's cgroup says (pod, container, unit).
+    pub workload: Option<crate::cgroup::Workload>,
+    /// "own" (sock_diag, the tracer's namespace), "setns" (sock_diag
+    /// inside it), "proc" (/proc/PID/net/tcp{,6}).
+    pub read_via: &'static str,
+}
+
+/// One namespace's population and what it holds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NamespaceRow {
+    pub netns: u32,
+    pub names: Vec<String>,
+    pub pid: Option<u32>,
+    /// Pod UID, container (`runtime://id`), systemd unit, and a short name
+    /// from them, when the owner's cgroup says.
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+    pub unit: Option<String>,
+    pub workload: Option<String>,
+    pub read_via: &'static str,
+    /// sock_diag (or /proc) counts in this namespace: what `ip netns exec NS ss` shows.
+    pub now: Population,
+    pub close_wait_leaks: u64,
+    /// That namespace's net.ipv4.ip_local_port_range (null: not readable
+    /// on the /proc road; the tracer's own applies to port pressure).
+    pub ip_local_port_range: Option<(u16, u16)>,
+    /// The busiest destination's share of the port range, percent.
+    pub port_pressure_max_pct: f64,
+    /// Transitions of the namespace's flows; null until the kernel side
+    /// reports namespaces on flows.
+    pub flows: Option<GroupStats>,
+}
+
+/// What the population covers. Without the privileges to enter other
+/// namespaces the report says so here: never a silent partial count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    /// The tracer's own namespace.
+    pub own_netns: u32,
+    /// Namespaces found (after `--netns`).
+    pub found: u64,
+    /// Read: own + via setns + via /proc.
+    pub read: u64,
+    pub via_setns: u64,
+    pub via_proc: u64,
+    /// Namespaces that disappeared while being read (not counted, no row).
+    pub vanished: u64,
+    /// Found but not readable, with the reason.
+    pub unreadable: Vec<Unreadable>,
+    /// Processes whose /proc/PID/ns/net link could not be read (no
+    /// CAP_SYS_PTRACE): their namespaces may be missing from `found`.
+    pub processes_denied: u64,
+    /// true: every namespace found was read and no process was hidden.
+    pub complete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub netns: u32,
+    pub names: Vec<String>,
+    pub pid: Option<u32>,
+    pub error: String,
 }
 
 /// Inputs besides the snapshot.
@@ -454,6 +544,9 @@ pub struct Context<'a> {
     pub now_sec: u64,
     /// cgroup id → path.
     pub cgroup_paths: &'a BTreeMap<u64, String>,
+    /// The namespaces read (names, owners, road); may be empty.
+    pub namespaces: &'a [NamespaceMeta],
+    pub coverage: Coverage,
 }
 
 impl<'a> Context<'a> {
@@ -473,6 +566,8 @@ impl<'a> Context<'a> {
             close_wait_threshold_s: 30.0,
             now_sec: 0,
             cgroup_paths: &NO_CGROUPS,
+            namespaces: &[],
+            coverage: Coverage::default(),
         }
     }
 }
@@ -484,16 +579,32 @@ impl<'a> Context<'a> {
 pub fn peer_groups(flows: &[(FlowKey, FlowStats)], top: usize) -> Vec<(String, u8, GroupStats)> {
     group_flows(flows, |k, _| (k.dir, k.family, k.raddr, k.port), top)
         .into_iter()
-        .map(|((d, family, raddr, port), stats)| {
-            let ip = ip_from_raw(family, &raddr);
-            let label = if d == dir::ACTIVE {
-                endpoint(ip, port)
-            } else {
-                format!("{ip} -> :{port}")
-            };
-            (label, d, stats)
+        .map(|((d, family, raddr, port), stats)| (peer_label(d, family, &raddr, port), d, stats))
+        .collect()
+}
+
+/// Like `peer_groups`, one group per (namespace, peer): the same address in
+/// two namespaces is two peers.
+pub fn peer_groups_by_netns(
+    flows: &[(FlowKey, FlowStats)],
+    top: usize,
+) -> Vec<(Option<u32>, String, u8, GroupStats)> {
+    let key = |k: &FlowKey, _: &FlowStats| (flow_netns(k), k.dir, k.family, k.raddr, k.port);
+    group_flows(flows, key, top)
+        .into_iter()
+        .map(|((ns, d, family, raddr, port), stats)| {
+            (ns, peer_label(d, family, &raddr, port), d, stats)
         })
         .collect()
+}
+
+fn peer_label(d: u8, family: u16, raddr: &[u8; 16], port: u16) -> String {
+    let ip = ip_from_raw(family, raddr);
+    if d == dir::ACTIVE {
+        endpoint(ip, port)
+    } else {
+        format!("{ip} -> :{port}")
+    }
 }
 
 /// Flows grouped by local port: the listening port of accepted
@@ -529,59 +640,129 @@ fn unmap(ip: IpAddr) -> IpAddr {
 
 /// The sock_diag population folded as it streams in: what the report needs
 /// from each socket, without holding a million records on a busy host.
+/// Sockets are added namespace by namespace (`begin_namespace`); every key
+/// carries the namespace, since two namespaces may reuse the same addresses.
 #[derive(Clone, Debug, Default)]
 pub struct SocketTally {
+    /// The namespace sockets are being added to now (0 until one is begun).
+    netns: u32,
+    per_ns: BTreeMap<u32, NsTally>,
+    /// TIME_WAIT sockets per (namespace, peer label as the flows are labelled).
+    tw_by_peer: BTreeMap<(u32, String), u64>,
+    tw_by_laddr: BTreeMap<(u32, IpAddr), u64>,
+    /// (namespace, local addr, remote addr, remote port) of sockets on
+    /// ephemeral local ports → (TIME_WAIT, ESTABLISHED, other).
+    pressure: BTreeMap<PressureKey, (u64, u64, u64)>,
+    /// CLOSE_WAIT sockets with their namespace, kept whole for the leak list.
+    pub close_wait: Vec<(u32, DiagSocket)>,
+    /// The range for namespaces whose own range is unknown.
+    default_ephemeral: (u16, u16),
+    /// Flow directions by (namespace, remote addr, port); namespace 0 = not
+    /// known (the kernel side does not say yet).
+    active: BTreeSet<(u32, IpAddr, u16)>,
+    passive: BTreeSet<(u32, IpAddr, u16)>,
+}
+
+/// (namespace, local address, remote address, remote port).
+type PressureKey = (u32, IpAddr, IpAddr, u16);
+
+/// One namespace's share of the tally.
+#[derive(Clone, Debug, Default)]
+pub struct NsTally {
     pub population: Population,
-    /// TIME_WAIT sockets per peer label (as the flows are labelled).
-    tw_by_peer: BTreeMap<String, u64>,
-    tw_by_laddr: BTreeMap<IpAddr, u64>,
-    /// (local addr, remote addr, remote port) of sockets on ephemeral local
-    /// ports → (TIME_WAIT, ESTABLISHED, other).
-    pressure: BTreeMap<(IpAddr, IpAddr, u16), (u64, u64, u64)>,
-    /// CLOSE_WAIT sockets, kept whole for the leak list.
-    pub close_wait: Vec<DiagSocket>,
-    ephemeral: (u16, u16),
-    active: BTreeSet<(IpAddr, u16)>,
-    passive: BTreeSet<(IpAddr, u16)>,
+    /// That namespace's net.ipv4.ip_local_port_range.
+    pub ephemeral: (u16, u16),
 }
 
 impl SocketTally {
     /// An empty tally that labels TIME_WAIT sockets like `snap`'s flows.
     pub fn new(snap: &Snapshot, ephemeral: (u16, u16)) -> Self {
         let mut t = SocketTally {
-            ephemeral,
+            default_ephemeral: ephemeral,
             ..Default::default()
         };
         for (k, _) in &snap.flows {
             let ip = ip_from_raw(k.family, &k.raddr);
+            let key = (flow_netns(k).unwrap_or(0), ip, k.port);
             if k.dir == dir::ACTIVE {
-                t.active.insert((ip, k.port));
+                t.active.insert(key);
             } else {
-                t.passive.insert((ip, k.port));
+                t.passive.insert(key);
             }
         }
         t
     }
 
-    /// TIME_WAIT sockets now per peer label (labelled like the flows).
-    pub fn time_wait_by_peer(&self) -> &BTreeMap<String, u64> {
-        &self.tw_by_peer
+    /// TIME_WAIT sockets now per peer label, summed over namespaces.
+    pub fn time_wait_by_peer(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for ((_, peer), n) in &self.tw_by_peer {
+            *out.entry(peer.clone()).or_default() += n;
+        }
+        out
     }
 
     /// What a recording keeps of the tally (everything the report reads).
+    /// The per-namespace split is kept in `by_netns`; the other fields are
+    /// its sums.
     pub fn to_record(&self) -> TallyRecord {
+        let mut by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
+        for ((_, a), n) in &self.tw_by_laddr {
+            *by_laddr.entry(*a).or_default() += n;
+        }
+        let mut pressure: BTreeMap<(IpAddr, IpAddr, u16), (u64, u64, u64)> = BTreeMap::new();
+        for ((_, l, r, p), (tw, est, other)) in &self.pressure {
+            let e = pressure.entry((*l, *r, *p)).or_default();
+            e.0 += tw;
+            e.1 += est;
+            e.2 += other;
+        }
         TallyRecord {
-            population: self.population.clone(),
+            population: self.population(),
+            time_wait_by_peer: self.time_wait_by_peer().into_iter().collect(),
+            time_wait_by_local_addr: by_laddr.into_iter().collect(),
+            pressure: pressure
+                .into_iter()
+                .map(|((l, r, p), (tw, est, other))| PressureRecord {
+                    local_addr: l,
+                    remote_addr: r,
+                    remote_port: p,
+                    time_wait: tw,
+                    established: est,
+                    other,
+                })
+                .collect(),
+            ephemeral: self.default_ephemeral,
+            by_netns: self
+                .per_ns
+                .iter()
+                .map(|(ns, n)| self.ns_record(*ns, n))
+                .collect(),
+        }
+    }
+
+    fn ns_record(&self, ns: u32, n: &NsTally) -> NsTallyRecord {
+        NsTallyRecord {
+            netns: ns,
+            population: n.population.clone(),
+            ephemeral: n.ephemeral,
             time_wait_by_peer: self
                 .tw_by_peer
                 .iter()
-                .map(|(k, v)| (k.clone(), *v))
+                .filter(|((k, _), _)| *k == ns)
+                .map(|((_, p), v)| (p.clone(), *v))
                 .collect(),
-            time_wait_by_local_addr: self.tw_by_laddr.iter().map(|(k, v)| (*k, *v)).collect(),
+            time_wait_by_local_addr: self
+                .tw_by_laddr
+                .iter()
+                .filter(|((k, _), _)| *k == ns)
+                .map(|((_, a), v)| (*a, *v))
+                .collect(),
             pressure: self
                 .pressure
                 .iter()
-                .map(|((l, r, p), (tw, est, other))| PressureRecord {
+                .filter(|((k, ..), _)| *k == ns)
+                .map(|((_, l, r, p), (tw, est, other))| PressureRecord {
                     local_addr: *l,
                     remote_addr: *r,
                     remote_port: *p,
@@ -590,7 +771,6 @@ impl SocketTally {
                     other: *other,
                 })
                 .collect(),
-            ephemeral: self.ephemeral,
         }
     }
 
@@ -598,29 +778,50 @@ impl SocketTally {
     /// recording holds the resolved leaks instead).
     pub fn from_record(r: &TallyRecord) -> Self {
         let mut t = SocketTally {
-            population: r.population.clone(),
-            ephemeral: r.ephemeral,
+            default_ephemeral: r.ephemeral,
             ..Default::default()
         };
-        for (k, v) in &r.time_wait_by_peer {
-            *t.tw_by_peer.entry(k.clone()).or_default() += v;
+        if r.by_netns.is_empty() {
+            // A recording from before namespaces: one namespace, 0.
+            t.restore(&NsTallyRecord {
+                netns: 0,
+                population: r.population.clone(),
+                ephemeral: r.ephemeral,
+                time_wait_by_peer: r.time_wait_by_peer.clone(),
+                time_wait_by_local_addr: r.time_wait_by_local_addr.clone(),
+                pressure: r.pressure.clone(),
+            });
         }
-        for (k, v) in &r.time_wait_by_local_addr {
-            *t.tw_by_laddr.entry(*k).or_default() += v;
+        for n in &r.by_netns {
+            t.restore(n);
         }
-        for p in &r.pressure {
-            let e = t
+        t
+    }
+
+    fn restore(&mut self, n: &NsTallyRecord) {
+        let ns = n.netns;
+        self.begin_namespace(ns, Some(n.ephemeral));
+        if let Some(t) = self.per_ns.get_mut(&ns) {
+            t.population = n.population.clone();
+        }
+        for (k, v) in &n.time_wait_by_peer {
+            *self.tw_by_peer.entry((ns, k.clone())).or_default() += v;
+        }
+        for (k, v) in &n.time_wait_by_local_addr {
+            *self.tw_by_laddr.entry((ns, *k)).or_default() += v;
+        }
+        for p in &n.pressure {
+            let e = self
                 .pressure
-                .entry((p.local_addr, p.remote_addr, p.remote_port))
+                .entry((ns, p.local_addr, p.remote_addr, p.remote_port))
                 .or_default();
             e.0 += p.time_wait;
             e.1 += p.established;
             e.2 += p.other;
         }
-        t
     }
 
-    /// A tally of a list of sockets.
+    /// A tally of a list of sockets (one namespace).
     pub fn of(snap: &Snapshot, ephemeral: (u16, u16), sockets: &[DiagSocket]) -> Self {
         let mut t = Self::new(snap, ephemeral);
         for s in sockets {
@@ -629,24 +830,69 @@ impl SocketTally {
         t
     }
 
+    /// Sockets added from now on are in namespace `netns`, whose ephemeral
+    /// range is `ephemeral` (None: unknown, the default one applies).
+    pub fn begin_namespace(&mut self, netns: u32, ephemeral: Option<(u16, u16)>) {
+        self.netns = netns;
+        let e = ephemeral.unwrap_or(self.default_ephemeral);
+        self.per_ns.entry(netns).or_default().ephemeral = e;
+    }
+
+    /// Take back everything added for `netns` (a read that failed half-way:
+    /// no partial rows).
+    pub fn forget_namespace(&mut self, netns: u32) {
+        self.per_ns.remove(&netns);
+        self.tw_by_peer.retain(|k, _| k.0 != netns);
+        self.tw_by_laddr.retain(|k, _| k.0 != netns);
+        self.pressure.retain(|k, _| k.0 != netns);
+        self.close_wait.retain(|(n, _)| *n != netns);
+    }
+
+    /// The namespaces read, with their populations.
+    pub fn namespaces(&self) -> &BTreeMap<u32, NsTally> {
+        &self.per_ns
+    }
+
+    /// The population summed over every namespace read.
+    pub fn population(&self) -> Population {
+        let mut p = Population::default();
+        for n in self.per_ns.values() {
+            p.merge(&n.population);
+        }
+        p
+    }
+
+    fn ephemeral_range(&self) -> (u16, u16) {
+        self.per_ns
+            .get(&self.netns)
+            .map_or(self.default_ephemeral, |n| n.ephemeral)
+    }
+
     fn ephemeral(&self, port: u16) -> bool {
-        (self.ephemeral.0..=self.ephemeral.1).contains(&port)
+        let (lo, hi) = self.ephemeral_range();
+        (lo..=hi).contains(&port)
     }
 
     pub fn add(&mut self, s: &DiagSocket) {
-        self.population.add(s);
+        if !self.per_ns.contains_key(&self.netns) {
+            self.begin_namespace(self.netns, None);
+        }
+        let ns = self.netns;
+        if let Some(n) = self.per_ns.get_mut(&ns) {
+            n.population.add(s);
+        }
         match s.state {
             state::TIME_WAIT => {
-                *self.tw_by_peer.entry(self.label(s)).or_default() += 1;
-                *self.tw_by_laddr.entry(unmap(s.src)).or_default() += 1;
+                *self.tw_by_peer.entry((ns, self.label(s))).or_default() += 1;
+                *self.tw_by_laddr.entry((ns, unmap(s.src))).or_default() += 1;
             }
-            state::CLOSE_WAIT => self.close_wait.push(s.clone()),
+            state::CLOSE_WAIT => self.close_wait.push((ns, s.clone())),
             _ => {}
         }
         if s.state != state::LISTEN && self.ephemeral(s.sport) {
             let e = self
                 .pressure
-                .entry((unmap(s.src), unmap(s.dst), s.dport))
+                .entry((ns, unmap(s.src), unmap(s.dst), s.dport))
                 .or_default();
             match s.state {
                 state::TIME_WAIT => e.0 += 1,
@@ -656,6 +902,16 @@ impl SocketTally {
         }
     }
 
+    /// TIME_WAIT sockets now of a peer label in `netns` (None: summed over
+    /// every namespace, for flows that do not say theirs).
+    pub fn time_wait_of_peer(&self, netns: Option<u32>, peer: &str) -> u64 {
+        self.tw_by_peer
+            .iter()
+            .filter(|((n, p), _)| p == peer && netns.is_none_or(|w| w == *n))
+            .map(|(_, c)| c)
+            .sum()
+    }
+
     /// How a TIME_WAIT socket is grouped, like the flow it came from: the
     /// remote service when this host connected out, else client address →
     /// local port. sock_diag does not say which side opened: a flow the
@@ -663,9 +919,12 @@ impl SocketTally {
     /// non-ephemeral remote one means outgoing.
     fn label(&self, s: &DiagSocket) -> String {
         let dst = unmap(s.dst);
-        let outgoing = if self.active.contains(&(dst, s.dport)) {
+        let seen = |set: &BTreeSet<(u32, IpAddr, u16)>, port| {
+            set.contains(&(self.netns, dst, port)) || set.contains(&(0, dst, port))
+        };
+        let outgoing = if seen(&self.active, s.dport) {
             true
-        } else if self.passive.contains(&(dst, s.sport)) {
+        } else if seen(&self.passive, s.sport) {
             false
         } else {
             self.ephemeral(s.sport) && !self.ephemeral(s.dport)
@@ -688,6 +947,22 @@ pub struct TallyRecord {
     pub pressure: Vec<PressureRecord>,
     /// net.ipv4.ip_local_port_range when tallied.
     pub ephemeral: (u16, u16),
+    /// The same, per network namespace (the fields above are their sums,
+    /// for readers that predate namespaces). Empty in older recordings.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_netns: Vec<NsTallyRecord>,
+}
+
+/// One namespace's part of a `TallyRecord`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NsTallyRecord {
+    pub netns: u32,
+    pub population: Population,
+    pub ephemeral: (u16, u16),
+    pub time_wait_by_peer: Vec<(String, u64)>,
+    pub time_wait_by_local_addr: Vec<(IpAddr, u64)>,
+    pub pressure: Vec<PressureRecord>,
 }
 
 /// Sockets of one destination on ephemeral local ports.
@@ -710,18 +985,8 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     let h = |i: u32| &snap.hists[i as usize];
 
     let tally = ctx.sockets;
-    let population = tally.population.clone();
-    let by_peer = &tally.tw_by_peer;
-    let tw_by_laddr = &tally.tw_by_laddr;
-    let mut now_by_peer: Vec<PopulationRow> = by_peer
-        .iter()
-        .map(|(peer, count)| PopulationRow {
-            peer: peer.clone(),
-            count: *count,
-        })
-        .collect();
-    now_by_peer.sort_by(|a, b| b.count.cmp(&a.count).then(a.peer.cmp(&b.peer)));
-    now_by_peer.truncate(ctx.top);
+    let population = tally.population();
+    let now_by_peer = now_by_peer(tally, ctx.top);
 
     let mut transitions = Vec::new();
     for (o, row) in snap.transitions.iter().enumerate() {
@@ -738,40 +1003,17 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     transitions.sort_by(|a, b| b.count.cmp(&a.count).then(a.from.cmp(b.from)));
 
     let flows = &snap.flows;
-    let top_peers = peer_groups(flows, ctx.top)
+    let top_peers = peer_groups_by_netns(flows, ctx.top)
         .into_iter()
-        .map(|(peer, d, stats)| PeerRow {
-            time_wait_now: by_peer.get(&peer).copied().unwrap_or(0),
+        .map(|(netns, peer, d, stats)| PeerRow {
+            time_wait_now: tally.time_wait_of_peer(netns, &peer),
+            netns,
             peer,
             direction: dir_name(d),
             stats,
         })
         .collect();
-    let mut entries_by_laddr: BTreeMap<IpAddr, u64> = BTreeMap::new();
-    for (k, f) in flows {
-        if f.time_wait > 0 {
-            *entries_by_laddr
-                .entry(ip_from_raw(k.family, &k.laddr))
-                .or_default() += f.time_wait;
-        }
-    }
-    let mut by_local_addr: Vec<LocalAddrRow> = entries_by_laddr
-        .keys()
-        .chain(tw_by_laddr.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .map(|a| LocalAddrRow {
-            local_addr: a.to_string(),
-            time_wait_entries: entries_by_laddr.get(a).copied().unwrap_or(0),
-            time_wait_now: tw_by_laddr.get(a).copied().unwrap_or(0),
-        })
-        .collect();
-    by_local_addr.sort_by(|a, b| {
-        (b.time_wait_now + b.time_wait_entries)
-            .cmp(&(a.time_wait_now + a.time_wait_entries))
-            .then(a.local_addr.cmp(&b.local_addr))
-    });
-    by_local_addr.truncate(ctx.top);
+    let by_local_addr = by_local_addr(snap, tally, ctx.top);
     let top_cgroups = cgroup_groups(flows, ctx.top)
         .into_iter()
         .map(|(id, stats)| CgroupRow {
@@ -783,10 +1025,18 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     let port_pressure = port_pressure(ctx);
     let tw_entered = k(close::TIME_WAIT) + k(close::FIN_WAIT2_PARKED);
     let last_60s = snap.time_wait_last_60s(ctx.now_sec);
-    let top_local_ports = port_groups(flows, ctx.top)
-        .into_iter()
-        .map(|(local_port, stats)| PortRow { local_port, stats })
-        .collect();
+    let top_local_ports = group_flows(
+        flows,
+        |k, _| (flow_netns(k), (k.dir != dir::ACTIVE).then_some(k.port)),
+        ctx.top,
+    )
+    .into_iter()
+    .map(|((netns, local_port), stats)| PortRow {
+        netns,
+        local_port,
+        stats,
+    })
+    .collect();
     let top_processes = process_groups(flows, ctx.top)
         .into_iter()
         .map(|((pid, comm), stats)| ProcessRow { pid, comm, stats })
@@ -860,6 +1110,8 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         top_local_ports,
         top_processes,
         top_cgroups,
+        namespaces: namespace_rows(snap, ctx, &port_pressure_all(ctx)),
+        netns_coverage: ctx.coverage.clone(),
         tracer: Health {
             transitions_counted: c(counter::TRANSITIONS),
             events_dropped: c(counter::RINGBUF_DROPS),
@@ -878,25 +1130,136 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     }
 }
 
-fn port_pressure(ctx: &Context) -> PortPressure {
-    let (lo, hi) = ctx.ephemeral;
-    let range_size = (hi as u64 + 1).saturating_sub(lo as u64).max(1);
-    let dests = ctx
+/// Current TIME_WAIT population by (namespace, peer), top N.
+fn now_by_peer(tally: &SocketTally, top: usize) -> Vec<PopulationRow> {
+    let mut rows: Vec<PopulationRow> = tally
+        .tw_by_peer
+        .iter()
+        .map(|((netns, peer), count)| PopulationRow {
+            netns: *netns,
+            peer: peer.clone(),
+            count: *count,
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.peer.cmp(&b.peer))
+            .then(a.netns.cmp(&b.netns))
+    });
+    rows.truncate(top);
+    rows
+}
+
+/// TIME_WAIT entries (flows) and population (sock_diag) per local address.
+/// Per namespace when every flow says its namespace; else per address
+/// summed over namespaces, so entries and population meet on one row.
+fn by_local_addr(snap: &Snapshot, tally: &SocketTally, top: usize) -> Vec<LocalAddrRow> {
+    let flows_know_netns = snap.flows.iter().all(|(k, _)| flow_netns(k).is_some());
+    let ns_key = |ns: Option<u32>| if flows_know_netns { ns } else { None };
+    let mut rows: BTreeMap<(Option<u32>, IpAddr), (u64, u64)> = BTreeMap::new();
+    for (k, f) in &snap.flows {
+        if f.time_wait > 0 {
+            let key = (ns_key(flow_netns(k)), ip_from_raw(k.family, &k.laddr));
+            rows.entry(key).or_default().0 += f.time_wait;
+        }
+    }
+    for ((ns, addr), n) in &tally.tw_by_laddr {
+        rows.entry((ns_key(Some(*ns)), *addr)).or_default().1 += n;
+    }
+    let mut out: Vec<LocalAddrRow> = rows
+        .into_iter()
+        .map(|((netns, a), (entries, now))| LocalAddrRow {
+            netns,
+            local_addr: a.to_string(),
+            time_wait_entries: entries,
+            time_wait_now: now,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (b.time_wait_now + b.time_wait_entries)
+            .cmp(&(a.time_wait_now + a.time_wait_entries))
+            .then(a.local_addr.cmp(&b.local_addr))
+    });
+    out.truncate(top);
+    out
+}
+
+/// One row per namespace read, the largest population first, top N.
+fn namespace_rows(snap: &Snapshot, ctx: &Context, pressure: &[PressureRow]) -> Vec<NamespaceRow> {
+    let flows: BTreeMap<u32, GroupStats> =
+        group_flows(&snap.flows, |k, _| flow_netns(k), usize::MAX)
+            .into_iter()
+            .filter_map(|(ns, g)| Some((ns?, g)))
+            .collect();
+    let flows_know_netns =
+        !snap.flows.is_empty() && snap.flows.iter().all(|(k, _)| flow_netns(k).is_some());
+    let mut rows: Vec<NamespaceRow> = ctx
+        .sockets
+        .namespaces()
+        .iter()
+        .map(|(ns, t)| {
+            let meta = ctx.namespaces.iter().find(|m| m.netns == *ns);
+            let w = meta.and_then(|m| m.workload.clone()).unwrap_or_default();
+            let known_range = meta.is_none_or(|m| m.read_via != "proc");
+            NamespaceRow {
+                netns: *ns,
+                names: meta.map(|m| m.names.clone()).unwrap_or_default(),
+                pid: meta.and_then(|m| m.pid),
+                workload: w.name(),
+                container: w.container(),
+                pod_uid: w.pod_uid,
+                unit: w.unit,
+                read_via: meta.map_or("own", |m| m.read_via),
+                now: t.population.clone(),
+                close_wait_leaks: ctx
+                    .close_wait_leaks
+                    .iter()
+                    .filter(|l| l.netns == *ns)
+                    .count() as u64,
+                ip_local_port_range: known_range.then_some(t.ephemeral),
+                port_pressure_max_pct: pressure
+                    .iter()
+                    .filter(|r| r.netns == *ns)
+                    .map(|r| r.used_pct)
+                    .fold(0.0, f64::max),
+                flows: if flows_know_netns {
+                    Some(flows.get(ns).cloned().unwrap_or_default())
+                } else {
+                    None
+                },
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.now
+            .total()
+            .cmp(&a.now.total())
+            .then(a.netns.cmp(&b.netns))
+    });
+    rows.truncate(ctx.top);
+    rows
+}
+
+/// Every destination's port use, largest first.
+fn port_pressure_all(ctx: &Context) -> Vec<PressureRow> {
+    let ranges = ctx.sockets.namespaces();
+    let mut rows: Vec<PressureRow> = ctx
         .sockets
         .pressure
         .iter()
-        .map(|((l, r, p), n)| ((*l, endpoint(*r, *p)), *n));
-    let mut rows: Vec<PressureRow> = dests
-        .into_iter()
-        .map(|((laddr, remote), (tw, est, other))| {
+        .map(|((netns, laddr, r, p), (tw, est, other))| {
+            let (lo, hi) = ranges.get(netns).map_or(ctx.ephemeral, |n| n.ephemeral);
+            let range_size = (hi as u64 + 1).saturating_sub(lo as u64).max(1);
             let total = tw + est + other;
             let used_pct = total as f64 * 100.0 / range_size as f64;
             PressureRow {
+                netns: *netns,
                 local_addr: laddr.to_string(),
-                remote,
-                time_wait: tw,
-                established: est,
-                other,
+                remote: endpoint(*r, *p),
+                time_wait: *tw,
+                established: *est,
+                other: *other,
                 total,
                 range_size,
                 used_pct,
@@ -904,14 +1267,24 @@ fn port_pressure(ctx: &Context) -> PortPressure {
             }
         })
         .collect();
-    rows.sort_by(|a, b| b.total.cmp(&a.total).then(a.remote.cmp(&b.remote)));
+    rows.sort_by(|a, b| {
+        b.used_pct
+            .total_cmp(&a.used_pct)
+            .then(a.remote.cmp(&b.remote))
+            .then(a.netns.cmp(&b.netns))
+    });
+    rows
+}
+
+fn port_pressure(ctx: &Context) -> PortPressure {
+    let mut rows = port_pressure_all(ctx);
     let warnings = rows
         .iter()
         .filter(|r| r.warning)
         .map(|r| {
             format!(
-                "WARNING: {} -> {} holds {} of {} ephemeral ports ({:.1}% >= {}%): {} TIME_WAIT, {} ESTABLISHED, {} other; new connects to it will start failing with EADDRNOTAVAIL near 100%",
-                r.local_addr, r.remote, r.total, r.range_size, r.used_pct, ctx.pressure_warn_pct, r.time_wait, r.established, r.other
+                "WARNING: {} -> {} holds {} of {} ephemeral ports ({:.1}% >= {}%): {} TIME_WAIT, {} ESTABLISHED, {} other; new connects to it will start failing with EADDRNOTAVAIL near 100% (netns {})",
+                r.local_addr, r.remote, r.total, r.range_size, r.used_pct, ctx.pressure_warn_pct, r.time_wait, r.established, r.other, r.netns
             )
         })
         .collect();
@@ -986,6 +1359,102 @@ fn group_line(out: &mut String, name: &str, g: &GroupStats, tw_now: Option<u64>)
         g.bytes_received,
         g.bytes_sent_acked
     );
+}
+
+/// "population: 3 network namespaces read (own + 2 via setns)...".
+fn coverage_line(c: &Coverage) -> String {
+    let mut line = format!(
+        "population of {} of {} network namespaces found (own {}",
+        c.read, c.found, c.own_netns
+    );
+    if c.via_setns > 0 {
+        let _ = write!(line, ", {} via setns + sock_diag", c.via_setns);
+    }
+    if c.via_proc > 0 {
+        let _ = write!(line, ", {} via /proc/PID/net/tcp", c.via_proc);
+    }
+    line.push(')');
+    if c.vanished > 0 {
+        let _ = write!(line, "; {} vanished while read", c.vanished);
+    }
+    for u in &c.unreadable {
+        let name = u.names.first().map_or(String::new(), |n| format!(" ({n})"));
+        let _ = write!(line, "\n    NOT READ: netns {}{name}: {}", u.netns, u.error);
+    }
+    if c.processes_denied > 0 {
+        let _ = write!(
+            line,
+            "\n    NOT SEEN: the namespaces of {} processes (their /proc/PID/ns/net is not readable without CAP_SYS_PTRACE)",
+            c.processes_denied
+        );
+    }
+    line
+}
+
+/// " [blue]" / " [pod <uid>/<ctr>]" / " [4026532246]" after a row of a
+/// namespace, when the report covers more than one.
+fn netns_tag(s: &Summary, netns: Option<u32>) -> String {
+    let Some(ns) = netns else {
+        return String::new();
+    };
+    if s.namespaces.len() < 2 {
+        return String::new();
+    }
+    let row = s.namespaces.iter().find(|r| r.netns == ns);
+    let name = row.and_then(|r| r.names.first().cloned().or(r.workload.clone()));
+    format!(" [{}]", name.unwrap_or_else(|| ns.to_string()))
+}
+
+fn render_namespaces(o: &mut String, s: &Summary) {
+    if s.namespaces.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nNetwork namespaces (sock_diag per namespace; top {})",
+        s.namespaces.len()
+    );
+    let _ = writeln!(
+        o,
+        "  {:<11} {:<48} {:<6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>6} {:>6}",
+        "NETNS",
+        "NAME / WORKLOAD",
+        "VIA",
+        "TW",
+        "FW2",
+        "CW",
+        "ESTAB",
+        "LEAKS",
+        "PORTS%",
+        "CONN",
+        "FAILED",
+        "TW_IN"
+    );
+    for r in &s.namespaces {
+        let mut name: Vec<String> = r.names.clone();
+        name.extend(r.workload.clone());
+        if name.is_empty() {
+            name.extend(r.pid.map(|p| format!("pid {p}")));
+        }
+        let f =
+            |v: fn(&GroupStats) -> u64| r.flows.as_ref().map_or("-".into(), |g| v(g).to_string());
+        let _ = writeln!(
+            o,
+            "  {:<11} {:<48} {:<6} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7.2} {:>6} {:>6} {:>6}",
+            r.netns,
+            name.join(" "),
+            r.read_via,
+            r.now.time_wait,
+            r.now.fin_wait2,
+            r.now.close_wait,
+            r.now.established,
+            r.close_wait_leaks,
+            r.port_pressure_max_pct,
+            f(|g| g.established),
+            f(|g| g.connect_failed),
+            f(|g| g.time_wait_entries),
+        );
+    }
 }
 
 /// The human-readable report.
@@ -1067,8 +1536,15 @@ pub fn render_text(s: &Summary) -> String {
         "  now (sock_diag): {} TIME_WAIT, {} FIN_WAIT2, {} CLOSE_WAIT, {} ESTABLISHED",
         tw.now.time_wait, tw.now.fin_wait2, tw.now.close_wait, tw.now.established
     );
+    let _ = writeln!(o, "  {}", coverage_line(&s.netns_coverage));
+    let many_ns = s.namespaces.len() > 1;
     for r in &tw.now_by_peer {
-        let _ = writeln!(o, "    {:<46} {:>8}", r.peer, r.count);
+        let peer = if many_ns {
+            format!("{} [netns {}]", r.peer, r.netns)
+        } else {
+            r.peer.clone()
+        };
+        let _ = writeln!(o, "    {peer:<62} {:>8}", r.count);
     }
     let _ = writeln!(
         o,
@@ -1101,14 +1577,14 @@ pub fn render_text(s: &Summary) -> String {
     if !pp.destinations.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<20} {:<46} {:>6} {:>6} {:>6} {:>7}",
-            "LOCAL ADDRESS", "DESTINATION", "TW", "ESTAB", "OTHER", "USED%"
+            "  {:<11} {:<20} {:<46} {:>6} {:>6} {:>6} {:>7}",
+            "NETNS", "LOCAL ADDRESS", "DESTINATION", "TW", "ESTAB", "OTHER", "USED%"
         );
         for r in &pp.destinations {
             let _ = writeln!(
                 o,
-                "  {:<20} {:<46} {:>6} {:>6} {:>6} {:>7.2}",
-                r.local_addr, r.remote, r.time_wait, r.established, r.other, r.used_pct
+                "  {:<11} {:<20} {:<46} {:>6} {:>6} {:>6} {:>7.2}",
+                r.netns, r.local_addr, r.remote, r.time_wait, r.established, r.other, r.used_pct
             );
         }
     }
@@ -1126,8 +1602,9 @@ pub fn render_text(s: &Summary) -> String {
     for l in &cw.leaks {
         let _ = writeln!(
             o,
-            "  {:>9} s{} {:>7}/{:<15} {} <- {}{}",
+            "  {:>9} s{} netns {:<10} {:>7}/{:<15} {} <- {}{}",
             format!("{:.1}", l.age_s),
+            l.netns,
             if l.age_exact { " " } else { "+" },
             l.pid.map_or("-".into(), |p| p.to_string()),
             l.comm.as_deref().unwrap_or("-"),
@@ -1149,11 +1626,13 @@ pub fn render_text(s: &Summary) -> String {
         ms(lt.max_us),
         ms(lt.mean_us)
     );
+    render_namespaces(&mut o, s);
     if !s.top_peers.is_empty() {
         let _ = writeln!(o, "\nTop peers");
         group_header(&mut o, "PEER");
         for r in &s.top_peers {
-            group_line(&mut o, &r.peer, &r.stats, Some(r.time_wait_now));
+            let name = format!("{}{}", r.peer, netns_tag(s, r.netns));
+            group_line(&mut o, &name, &r.stats, Some(r.time_wait_now));
         }
         let _ = writeln!(o, "\nTop local ports");
         group_header(&mut o, "LOCAL PORT");
@@ -1161,6 +1640,7 @@ pub fn render_text(s: &Summary) -> String {
             let name = r
                 .local_port
                 .map_or("(outgoing, ephemeral)".to_string(), |p| p.to_string());
+            let name = format!("{name}{}", netns_tag(s, r.netns));
             group_line(&mut o, &name, &r.stats, None);
         }
         let _ = writeln!(o, "\nTop processes");
@@ -1491,5 +1971,83 @@ mod tests {
         let a = build(&snap, &ctx(&t));
         let b = build(&snap, &ctx(&t2));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn two_namespaces_with_the_same_addresses_stay_apart() {
+        let snap = Snapshot::empty();
+        let sock = |state, sport, dport| DiagSocket {
+            state,
+            src: "127.0.0.1".parse().unwrap(),
+            sport,
+            dst: "127.0.0.1".parse().unwrap(),
+            dport,
+            cookie: 0,
+            inode: 0,
+            uid: 0,
+        };
+        let mut t = SocketTally::new(&snap, (40000, 40009));
+        // Namespace 1: 5 TIME_WAIT to :9000 on a 10-port range.
+        t.begin_namespace(1, Some((40000, 40009)));
+        for i in 0..5 {
+            t.add(&sock(TIME_WAIT, 40000 + i, 9000));
+        }
+        t.add(&sock(CLOSE_WAIT, 9000, 40100));
+        // Namespace 2: the same 4-tuples, 3 of them, on a 100-port range.
+        t.begin_namespace(2, Some((40000, 40099)));
+        for i in 0..3 {
+            t.add(&sock(TIME_WAIT, 40000 + i, 9000));
+        }
+        // Namespace 3 failed half-way: nothing of it stays.
+        t.begin_namespace(3, None);
+        t.add(&sock(TIME_WAIT, 40000, 9000));
+        t.forget_namespace(3);
+        assert_eq!(t.population().time_wait, 8);
+        assert_eq!(t.namespaces().len(), 2);
+        assert_eq!(t.namespaces()[&1].population.time_wait, 5);
+        assert_eq!(t.namespaces()[&1].population.close_wait, 1);
+        assert_eq!(t.namespaces()[&2].population.time_wait, 3);
+        assert_eq!(t.close_wait, vec![(1, sock(CLOSE_WAIT, 9000, 40100))]);
+        assert_eq!(t.time_wait_of_peer(Some(2), "127.0.0.1:9000"), 3);
+        assert_eq!(t.time_wait_of_peer(None, "127.0.0.1:9000"), 8);
+
+        let metas = [NamespaceMeta {
+            netns: 2,
+            names: vec!["blue".into()],
+            pid: Some(42),
+            workload: Some(crate::cgroup::workload("/system.slice/blue.service")),
+            read_via: "setns",
+        }];
+        let mut c = ctx(&t);
+        c.namespaces = &metas;
+        let s = build(&snap, &c);
+        assert_eq!(s.time_wait.now.time_wait, 8);
+        let pp = &s.port_pressure.destinations;
+        assert_eq!(pp.len(), 2);
+        assert_eq!((pp[0].netns, pp[0].time_wait, pp[0].range_size), (1, 5, 10));
+        assert_eq!(
+            (pp[1].netns, pp[1].time_wait, pp[1].range_size),
+            (2, 3, 100)
+        );
+        let by_peer: Vec<(u32, u64)> = s
+            .time_wait
+            .now_by_peer
+            .iter()
+            .map(|r| (r.netns, r.count))
+            .collect();
+        assert_eq!(by_peer, [(1, 5), (2, 3)]);
+        let ns: Vec<(u32, u64, &str)> = s
+            .namespaces
+            .iter()
+            .map(|r| (r.netns, r.now.time_wait, r.read_via))
+            .collect();
+        assert_eq!(ns, [(1, 5, "own"), (2, 3, "setns")]);
+        assert_eq!(s.namespaces[1].workload.as_deref(), Some("blue.service"));
+        assert_eq!(s.namespaces[0].port_pressure_max_pct, 50.0);
+        // Flows do not carry namespaces yet: no per-namespace flow counts.
+        assert_eq!(s.namespaces[0].flows, None);
+        let text = render_text(&s);
+        assert!(text.contains("Network namespaces"), "{text}");
+        assert!(text.contains("blue blue.service"), "{text}");
     }
 }

@@ -81,7 +81,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     }
     let mut signals = StopSignals::install()?;
     let mut tracer = Tracer::start_with_btf(
-        args.filter.spec(),
+        args.filter.spec()?,
         true,
         args.ring_kib * 1024,
         args.filter.btf.clone(),
@@ -170,7 +170,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let tracer = Tracer::start_with_btf(args.filter.spec(), false, 4096, args.filter.btf.clone())?;
+    let tracer = Tracer::start_with_btf(args.filter.spec()?, false, 4096, args.filter.btf.clone())?;
     drop_privileges(&tracer, privs::Mode::Summary)?;
     match args.duration {
         Some(d) => eprintln!(

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::{
     cli::ServeArgs,
-    export::{self, LiveCollector, PeerSlots, Scrape},
+    export::{self, LiveCollector, Scrape, Slots},
     privs,
     run::{drop_privileges, StopSignals},
     SummaryOptions, Tracer,
@@ -113,7 +113,7 @@ fn scraper(tracer: Arc<Tracer>, args: &ServeArgs, stats_held: bool) -> Arc<Singl
                 stats_enabled: stats_held || bpf_stats_enabled(),
             })
         }),
-        slots: Mutex::new(PeerSlots::new(args.top_peers as usize)),
+        slots: Mutex::new(Slots::new(args.top_peers as usize)),
     };
     let registry: Registry = export::registry(collector);
     SingleFlight::new(move || {
@@ -128,7 +128,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let tracer = Tracer::start_with_btf(args.filter.spec(), false, 4096, args.filter.btf.clone())?;
+    let tracer = Tracer::start_with_btf(args.filter.spec()?, false, 4096, args.filter.btf.clone())?;
     // Run-time statistics for the cost metrics, only when asked: they time
     // every BPF program on the host (the benchmarks measured the exporter's
     // churn cost with them on). Otherwise they count while

@@ -78,12 +78,12 @@ enum Stop {
 
 pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     // A bad filter or an unwritable path fails before anything is loaded.
-    args.filter.spec().validate()?;
+    args.filter.spec()?.validate()?;
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let mut signals = crate::run::StopSignals::install()?;
     let mut tracer = Tracer::start_with_btf(
-        args.filter.spec(),
+        args.filter.spec()?,
         true,
         args.ring_kib * 1024,
         args.filter.btf.clone(),
@@ -233,7 +233,7 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<()> {
 /// `tracer events --from FILE`: the recorded event lines, as `events` printed them.
 pub fn replay_events(args: &EventsArgs, path: &Path) -> anyhow::Result<()> {
     let f = &args.filter;
-    if f.spec() != crate::filter::FilterSpec::default() {
+    if f.spec()? != crate::filter::FilterSpec::default() {
         anyhow::bail!(
             "--from replays a recording as it was filtered when recorded; filters cannot be given with it"
         );

@@ -39,6 +39,7 @@ fn inputs(snap: &Snapshot) -> ReportInputs {
         },
         pressure_warn_pct: 50.0,
         close_wait_leaks: vec![CloseWaitLeak {
+            netns: 0,
             local: "10.0.0.9:80".into(),
             peer: "10.0.0.1:5000".into(),
             pid: Some(7),
@@ -51,6 +52,8 @@ fn inputs(snap: &Snapshot) -> ReportInputs {
         close_wait_threshold_s: 30.0,
         now_sec: 100,
         cgroup_paths: [(3u64, "/a".to_string())].into_iter().collect(),
+        namespaces: Vec::new(),
+        coverage: Default::default(),
     }
 }
 

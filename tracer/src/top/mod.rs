@@ -94,7 +94,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
     }
     let mut signals = crate::run::StopSignals::install()?;
     let mut tracer = Tracer::start_with_btf(
-        args.filter.spec(),
+        args.filter.spec()?,
         true,
         args.ring_kib * 1024,
         args.filter.btf.clone(),

@@ -339,7 +339,7 @@ impl Model {
         let tw = |s: &Snapshot| k(s, close::TIME_WAIT) + k(s, close::FIN_WAIT2_PARKED);
         let failed = |s: &Snapshot| s.transition(state::SYN_SENT, state::CLOSE);
         let resets = |s: &Snapshot| k(s, close::RESET_SENT) + k(s, close::RESET_RECEIVED);
-        let pop = &inputs.sockets.population;
+        let pop = &inputs.sockets.population();
         self.rates = Rates {
             connects: rate(
                 c(snap, counter::CONNECT_ATTEMPTS),
@@ -481,6 +481,8 @@ mod tests {
             close_wait_threshold_s: 30.0,
             now_sec: 0,
             cgroup_paths: BTreeMap::new(),
+            namespaces: Vec::new(),
+            coverage: Default::default(),
         }
     }
 

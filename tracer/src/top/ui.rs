@@ -390,6 +390,8 @@ mod tests {
             close_wait_threshold_s: 30.0,
             now_sec: 0,
             cgroup_paths: Default::default(),
+            namespaces: Vec::new(),
+            coverage: Default::default(),
         };
         let mut m = Model::new(0.0);
         m.update(1.0, &snap, &inputs);
