@@ -489,6 +489,10 @@ pub struct Results {
     pub footprint: Vec<FootprintRow>,
     pub scale: Option<ScaleRow>,
     pub startup: StartupRow,
+    /// `tracer check --json` on this machine's kernel: verified instructions
+    /// per mode and the stack of the deepest call chain (the guest runs,
+    /// `cargo xtask guest`, print the same for Linux 6.1).
+    pub verifier: Option<serde_json::Value>,
     pub wall_s: f64,
 }
 
@@ -820,6 +824,7 @@ pub fn run_all(cfg: Config) -> Result<Results> {
     if has_bt {
         churn_setups.push(Setup::Bpftrace);
     }
+    res.verifier = verifier(&b.cfg.tracer);
     if b.cfg.wants("churn") {
         log("1/5 connection churn, interleaved");
         res.churn = churn(&mut b, &churn_setups)?;
@@ -863,6 +868,15 @@ pub fn run_all(cfg: Config) -> Result<Results> {
     res.load_avg_after = load_avg();
     res.wall_s = t0.elapsed().as_secs_f64();
     Ok(res)
+}
+
+/// The tracer's own account of its verifier budget on this kernel.
+fn verifier(tracer: &std::path::Path) -> Option<serde_json::Value> {
+    let out = Command::new(tracer)
+        .args(["check", "--json"])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 fn humantime_now() -> String {

@@ -212,6 +212,7 @@ pub fn render(r: &Results) -> String {
             runs.join(", ")
         );
     }
+    verifier_table(&mut s, r);
 
     let _ = writeln!(
         s,
@@ -288,6 +289,32 @@ pub fn render(r: &Results) -> String {
         runs.join(", ")
     );
     s
+}
+
+/// `tracer check`'s figures, before the cost table they bound.
+fn verifier_table(s: &mut String, r: &Results) {
+    let Some(v) = &r.verifier else { return };
+    let modes: Vec<String> = v["modes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["mode"].as_str().unwrap_or("?"),
+                m["verified_insns"]
+                    .as_u64()
+                    .map_or("rejected".to_string(), |n| format!("{n} instructions"))
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nVerifier budget on Linux {} (`tracer check`): {}; stack {} of 512 bytes on the deepest call chain.\n",
+        v["kernel"].as_str().unwrap_or("?"),
+        modes.join(", "),
+        v["stack_bytes"]
+    );
 }
 
 #[cfg(test)]

@@ -558,6 +558,8 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
             "--package",
             "integration-tests",
             "--tests",
+            // Every test binary runs, so one failure does not hide the rest.
+            "--no-fail-fast",
             "--",
         ])
         .arg("--test-threads=1");
