@@ -133,11 +133,15 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     tokio::pin!(stop);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut flush = tokio::time::interval(Duration::from_secs(1));
+    let mut drain_tick = tokio::time::interval(crate::run::DRAIN_INTERVAL);
     let mut snap_tick = tokio::time::interval(args.snapshot_every);
     let reason = loop {
         tokio::select! {
             _ = &mut stop => break Stop::Signal,
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
+            // The kernel side wakes us only once a quarter of the ring is
+            // pending: drain on a short timer too, so blocks stay small.
+            _ = drain_tick.tick() => drain(fd.get_mut(), &mut w)?,
             _ = flush.tick() => w.flush_block()?,
             _ = snap_tick.tick() => w.push(&snapshot_record(&tracer, &opts)?)?,
             guard = fd.readable_mut() => {

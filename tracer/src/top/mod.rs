@@ -195,6 +195,9 @@ async fn interactive(
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = tick.tick() => {
+                // The kernel side wakes us only once a quarter of the ring
+                // is pending: take what a quieter second left first.
+                drain(fd.get_mut(), model);
                 src.update(model)?;
                 view.clock = clock();
             }
