@@ -129,6 +129,7 @@ fn connection(stats: &mut Stats, t: &Tr) {
                 let st = unsafe { &mut *p };
                 st.flags = 0;
                 st.verdict = verdict::UNDECIDED;
+                st.ts_state = 0;
                 on_socket(stats, st, t);
             }
         }
