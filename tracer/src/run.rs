@@ -71,6 +71,27 @@ pub(crate) fn drop_privileges(t: &Tracer, mode: privs::Mode) -> anyhow::Result<(
     Ok(())
 }
 
+/// The event ring buffer, registered for polling.
+pub(crate) type EventRing = AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>;
+
+/// What every streaming mode (events, top, record) starts with: the stop
+/// signals first (so one that comes during attach is kept), then the
+/// programs with events on, and their ring buffer registered for polling.
+pub(crate) fn start_streaming(
+    filter: &crate::cli::FilterArgs,
+    ring_kib: u32,
+) -> anyhow::Result<(StopSignals, Tracer, EventRing)> {
+    let signals = StopSignals::install()?;
+    let mut tracer =
+        Tracer::start_with_btf(filter.spec()?, true, ring_kib * 1024, filter.btf.clone())?;
+    let ring = tracer.probe.take_events()?;
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
+    // AsyncFd (which owns the RingBuf) lives.
+    let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
+    Ok((signals, tracer, fd))
+}
+
 /// How often live mode drains the ring buffer between wake-ups: the most an
 /// event waits before it is printed.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -79,19 +100,8 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.from {
         return crate::record::run::replay_events(args, path);
     }
-    let mut signals = StopSignals::install()?;
-    let mut tracer = Tracer::start_with_btf(
-        args.filter.spec()?,
-        true,
-        args.ring_kib * 1024,
-        args.filter.btf.clone(),
-    )?;
-    let ring = tracer.probe.take_events()?;
+    let (mut signals, tracer, mut fd) = start_streaming(&args.filter, args.ring_kib)?;
     drop_privileges(&tracer, privs::Mode::Events)?;
-    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
-    // AsyncFd (which owns the RingBuf) lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
     let clock = Clock::now();
     let mut cgroups = crate::cgroup::Resolver::new();
     let mut transition = |e: &tracer_common::Event| {

@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::io::unix::AsyncFd;
 use tracer_common::counter;
 
 use super::{End, Header, RecEvent, RecSnapshot, Record, Writer, FORMAT, VERSION};
@@ -81,19 +80,8 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     args.filter.spec()?.validate()?;
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut signals = crate::run::StopSignals::install()?;
-    let mut tracer = Tracer::start_with_btf(
-        args.filter.spec()?,
-        true,
-        args.ring_kib * 1024,
-        args.filter.btf.clone(),
-    )?;
+    let (mut signals, tracer, mut fd) = crate::run::start_streaming(&args.filter, args.ring_kib)?;
     let mut w = Writer::new(BufWriter::new(file), &header(&tracer, args))?;
-    let ring = tracer.probe.take_events()?;
-    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
-    // AsyncFd (which owns the RingBuf) lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
     let opts = SummaryOptions {
         top: usize::MAX,
         pressure_warn_pct: args.port_pressure_warn,

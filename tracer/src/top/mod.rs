@@ -92,19 +92,8 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
             "tracer top needs a terminal on stdout; use `tracer top --once` for one frame as text, or `tracer summary`"
         );
     }
-    let mut signals = crate::run::StopSignals::install()?;
-    let mut tracer = Tracer::start_with_btf(
-        args.filter.spec()?,
-        true,
-        args.ring_kib * 1024,
-        args.filter.btf.clone(),
-    )?;
-    let ring = tracer.probe.take_events()?;
+    let (mut signals, tracer, mut fd) = crate::run::start_streaming(&args.filter, args.ring_kib)?;
     crate::run::drop_privileges(&tracer, crate::privs::Mode::Serve)?;
-    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
-    // AsyncFd (which owns the RingBuf) lives.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
     let view = View {
         color: tty && args.color.enabled() || args.color == crate::cli::ColorChoice::Always,
         describe: tracer.filter().describe(),
