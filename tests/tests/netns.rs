@@ -783,3 +783,85 @@ fn namespaces_coming_and_going_during_reads_never_fail_a_report() {
         );
     });
 }
+
+/// Made for one test, removed on drop (innermost first): directories that
+/// did not exist before.
+struct Dirs(Vec<PathBuf>);
+
+impl Dirs {
+    fn create(&mut self, path: &std::path::Path) {
+        let mut missing: Vec<PathBuf> = path
+            .ancestors()
+            .take_while(|p| !p.exists())
+            .map(PathBuf::from)
+            .collect();
+        std::fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {path:?}: {e}"));
+        missing.reverse();
+        self.0.extend(missing);
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A namespace whose process sits in a Kubernetes pod's cgroup (as the
+/// kubelet + containerd lay it out) on a node whose kubelet log directories
+/// name that pod: the summary names the namespace `shop/web-0/app`.
+#[test]
+fn a_pods_namespace_is_named_after_its_pod_and_container() {
+    let cgroup2 = tracer::cgroup::Resolver::new()
+        .root()
+        .map(PathBuf::from)
+        .expect("a cgroup v2 mount");
+    let ns = Netns::create("pod", &["a"]);
+    let uid = format!("5f0b9c2e-7d1a-4b8e-9f3c-{:012x}", std::process::id());
+    let id = format!("{:064x}", std::process::id());
+    let mut dirs = Dirs(Vec::new());
+    let slice = cgroup2
+        .join("kubepods.slice/kubepods-besteffort.slice")
+        .join(format!(
+            "kubepods-besteffort-pod{}.slice",
+            uid.replace('-', "_")
+        ))
+        .join(format!("cri-containerd-{id}.scope"));
+    dirs.create(&slice);
+    dirs.create(&PathBuf::from(format!(
+        "/var/log/pods/shop_web-0_{uid}/app"
+    )));
+    dirs.create(std::path::Path::new("/var/log/containers"));
+    let link = PathBuf::from(format!("/var/log/containers/web-0_shop_app-{id}.log"));
+    std::os::unix::fs::symlink(format!("/var/log/pods/shop_web-0_{uid}/app/0.log"), &link).unwrap();
+    struct Unlink(PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _link = Unlink(link);
+
+    let mut h = Helper::spawn(&ns.names[0], 2);
+    std::fs::write(slice.join("cgroup.procs"), h.child.0.id().to_string()).unwrap();
+    let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    h.go();
+    let inode = ns.namespace(0).inode;
+    let s = settle(&t, |s| row(s, inode).is_some_and(|r| r.now.time_wait == 2));
+    let r = row(&s, inode).unwrap();
+    assert_eq!(r.pod_uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(
+        (r.pod.as_deref(), r.container_name.as_deref()),
+        (Some("shop/web-0"), Some("app"))
+    );
+    assert_eq!(r.workload.as_deref(), Some("shop/web-0/app"));
+    assert_eq!(r.container, Some(format!("containerd://{id}")));
+    drop(h);
+    // The process must leave the cgroup before it can be removed.
+    wait_for(Duration::from_secs(10), || {
+        let procs = std::fs::read_to_string(slice.join("cgroup.procs")).unwrap_or_default();
+        (procs.trim().is_empty(), ())
+    });
+}

@@ -139,12 +139,28 @@ pub struct Workload {
     pub runtime: Option<&'static str>,
     /// The innermost systemd service or scope that is not a container.
     pub unit: Option<String>,
+    /// `namespace/name` of the pod, where the node's kubelet log
+    /// directories name it (`kube::Names`).
+    pub pod: Option<String>,
+    /// The container's name in its pod, likewise.
+    pub container_name: Option<String>,
 }
 
 impl Workload {
-    /// A short name: `pod <uid>/<container 12>`, `docker:<id 12>`, `foo.service`.
+    /// A short name: `namespace/pod/container` where the node names them,
+    /// else `pod <uid>/<container 12>`, `docker:<id 12>`, `foo.service`.
     pub fn name(&self) -> Option<String> {
         let short = |id: &String| id.chars().take(12).collect::<String>();
+        if let Some(pod) = &self.pod {
+            let container = self
+                .container_name
+                .clone()
+                .or(self.container_id.as_ref().map(short));
+            return Some(match container {
+                Some(c) => format!("{pod}/{c}"),
+                None => pod.clone(),
+            });
+        }
         match (&self.pod_uid, &self.container_id, &self.unit) {
             (Some(p), Some(c), _) => Some(format!("pod {p}/{}", short(c))),
             (Some(p), None, _) => Some(format!("pod {p}")),

@@ -494,8 +494,10 @@ fn encode_namespaces(
     let sum = &s.summary;
     let top = slots.netns.max;
     for r in sum.namespaces.iter().take(top) {
-        let pod = r.pod_uid.clone().unwrap_or_default();
-        let container = r.container.clone().or(r.unit.clone()).unwrap_or_default();
+        let pod = r.pod.clone().or(r.pod_uid.clone()).unwrap_or_default();
+        let container = (r.container_name.clone().or(r.container.clone()))
+            .or(r.unit.clone())
+            .unwrap_or_default();
         slots
             .netns_labels
             .entry(r.netns.to_string())

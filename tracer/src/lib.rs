@@ -13,6 +13,7 @@ pub mod diag_storage;
 pub mod event;
 pub mod export;
 pub mod filter;
+pub mod kube;
 pub mod manual;
 pub mod model;
 pub mod netns;

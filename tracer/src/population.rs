@@ -8,6 +8,7 @@ use crate::{
     cgroup, diag,
     diag::DiagSocket,
     filter::FilterSpec,
+    kube,
     netns::{self, EnterError, Namespace},
     report::{Coverage, NamespaceMeta, SocketTally, Sysctls, Unreadable},
 };
@@ -44,6 +45,7 @@ pub fn read_all(
         ..Default::default()
     };
     let mut metas = Vec::new();
+    let names = kube::Names::read(std::path::Path::new(kube::LOG_ROOT));
     for ns in &d.namespaces {
         let read = if ns.inode == d.own {
             read_own(ns.inode, filter, own_sysctls, tally).map(|()| "own")
@@ -62,7 +64,10 @@ pub fn read_all(
                     netns: ns.inode,
                     names: ns.names.clone(),
                     pid: ns.pid,
-                    workload: ns.pid.and_then(cgroup::workload_of_pid),
+                    workload: ns
+                        .pid
+                        .and_then(cgroup::workload_of_pid)
+                        .map(|w| names.name(w)),
                     read_via: via,
                 });
             }

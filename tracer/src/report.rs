@@ -477,6 +477,10 @@ pub struct NamespaceRow {
     /// Pod UID, container (`runtime://id`), systemd unit, and a short name
     /// from them, when the owner's cgroup says.
     pub pod_uid: Option<String>,
+    /// `namespace/name` of the pod and the container's name, where the
+    /// node's kubelet log directories name them.
+    pub pod: Option<String>,
+    pub container_name: Option<String>,
     pub container: Option<String>,
     pub unit: Option<String>,
     pub workload: Option<String>,
@@ -1209,6 +1213,8 @@ fn namespace_rows(snap: &Snapshot, ctx: &Context, pressure: &[PressureRow]) -> V
                 workload: w.name(),
                 container: w.container(),
                 pod_uid: w.pod_uid,
+                pod: w.pod,
+                container_name: w.container_name,
                 unit: w.unit,
                 read_via: meta.map_or("own", |m| m.read_via),
                 now: t.population.clone(),
@@ -1401,8 +1407,23 @@ fn netns_tag(s: &Summary, netns: Option<u32>) -> String {
         return String::new();
     }
     let row = s.namespaces.iter().find(|r| r.netns == ns);
-    let name = row.and_then(|r| r.names.first().cloned().or(r.workload.clone()));
-    format!(" [{}]", name.unwrap_or_else(|| ns.to_string()))
+    let name = row.map_or(ns.to_string(), |r| {
+        namespace_name(ns, &r.names, r.workload.clone())
+    });
+    format!(" [{name}]")
+}
+
+/// What tables call a namespace: its /run/netns name, else its workload's
+/// name, else its inode.
+pub fn namespace_name(netns: u32, names: &[String], workload: Option<String>) -> String {
+    (names.first().cloned().or(workload)).unwrap_or_else(|| netns.to_string())
+}
+
+impl NamespaceMeta {
+    pub fn label(&self) -> String {
+        let workload = self.workload.as_ref().and_then(|w| w.name());
+        namespace_name(self.netns, &self.names, workload)
+    }
 }
 
 fn render_namespaces(o: &mut String, s: &Summary) {
