@@ -156,6 +156,20 @@ fn top_shows_the_busiest_peer_sorts_and_quits_in_a_terminal() {
     let first: Vec<&str> = first_row(&s).split_whitespace().collect();
     assert_eq!(first[3], "4", "4 refused connects:\n{s}");
     assert!(first[0].starts_with(&net.server().to_string()), "{s}");
+    // The Namespaces table (four Tabs on): this host's namespace holds both
+    // ends of the 35 established connections (70) and the 4 failures.
+    t.keys("tttt");
+    let s = t.wait("the namespaces table", |s| {
+        s.contains("[Namespaces]") && !first_row(s).is_empty()
+    });
+    let ns: Vec<&str> = first_row(&s).split_whitespace().rev().take(9).collect();
+    assert_eq!(
+        (ns[7], ns[6]),
+        ("70", "4"),
+        "EST and FAIL of the namespace:\n{s}"
+    );
+    t.keys("t");
+    t.wait("the peers table again", |s| s.contains("[Peers]"));
     // A text filter hides the other rows.
     t.keys(&format!("/{port}\r"));
     let s = t.wait("the filtered table", |s| {

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use tracer_common::{close, counter, dir, flag, hist, state, Event};
 
 use crate::{
-    model::{comm_str, endpoint, ip_from_raw, GroupStats, Histogram, Snapshot},
+    model::{
+        comm_str, endpoint, flow_netns, group_flows, ip_from_raw, GroupStats, Histogram, Snapshot,
+    },
     report::{cgroup_groups, peer_groups, port_groups, process_groups},
     ReportInputs,
 };
@@ -18,10 +20,20 @@ pub enum Table {
     Ports,
     Processes,
     Cgroups,
+    Namespaces,
 }
 
+/// How many tables there are.
+const TABLES: usize = Table::ALL.len();
+
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Peers, Table::Ports, Table::Processes, Table::Cgroups];
+    pub const ALL: [Table; 5] = [
+        Table::Peers,
+        Table::Ports,
+        Table::Processes,
+        Table::Cgroups,
+        Table::Namespaces,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -29,6 +41,7 @@ impl Table {
             Table::Ports => "Local ports",
             Table::Processes => "Processes",
             Table::Cgroups => "Cgroups",
+            Table::Namespaces => "Namespaces",
         }
     }
 
@@ -128,7 +141,7 @@ pub struct Row {
     /// Handshakes that needed retransmits.
     pub retransmitted: u64,
     pub time_wait_in: u64,
-    /// TIME_WAIT sockets now (sock_diag): peers only.
+    /// TIME_WAIT sockets now (sock_diag): peers and namespaces only.
     pub time_wait_now: Option<u64>,
     pub resets: u64,
 }
@@ -227,16 +240,18 @@ pub const HISTORY: usize = 60;
 pub struct Model {
     prev: Option<(f64, Snapshot)>,
     /// Per table: label → (established + failed) at the previous update.
-    prev_conns: [HashMap<String, u64>; 4],
-    samples: [HashMap<String, Samples>; 4],
+    prev_conns: [HashMap<String, u64>; TABLES],
+    samples: [HashMap<String, Samples>; TABLES],
     pub rates: Rates,
-    pub tables: [Vec<Row>; 4],
+    pub tables: [Vec<Row>; TABLES],
     pub connects_history: VecDeque<u64>,
     pub time_wait_history: VecDeque<u64>,
     /// How many samples the histories keep.
     window: usize,
     /// cgroup id → path (from the report inputs), for labels.
     cgroup_paths: BTreeMap<u64, String>,
+    /// netns inode → name (from the report inputs), for labels.
+    netns_names: BTreeMap<u32, String>,
 }
 
 fn peer_label(ip: std::net::IpAddr, d: u8, port: u16) -> String {
@@ -265,6 +280,13 @@ fn cgroup_label(paths: &BTreeMap<u64, String>, id: u64) -> String {
     }
 }
 
+fn netns_label(names: &BTreeMap<u32, String>, netns: Option<u32>) -> String {
+    match netns {
+        Some(ns) => names.get(&ns).cloned().unwrap_or_else(|| ns.to_string()),
+        None => "(unknown namespace)".into(),
+    }
+}
+
 impl Default for Model {
     fn default() -> Self {
         Model {
@@ -277,6 +299,7 @@ impl Default for Model {
             time_wait_history: VecDeque::with_capacity(HISTORY),
             window: HISTORY,
             cgroup_paths: BTreeMap::new(),
+            netns_names: BTreeMap::new(),
         }
     }
 }
@@ -317,6 +340,7 @@ impl Model {
                 process_label(None, "(unknown owner)")
             },
             cgroup_label(&self.cgroup_paths, e.cgroup_id),
+            netns_label(&self.netns_names, (e.netns != 0).then_some(e.netns)),
         ];
         for (table, label) in self.samples.iter_mut().zip(labels) {
             let label = if table.len() >= MAX_GROUPS && !table.contains_key(&label) {
@@ -331,6 +355,11 @@ impl Model {
     /// Take a new snapshot (and the population with it) at time `t` (seconds).
     pub fn update(&mut self, t: f64, snap: &Snapshot, inputs: &ReportInputs) {
         self.cgroup_paths = inputs.cgroup_paths.clone();
+        self.netns_names = inputs
+            .namespaces
+            .iter()
+            .map(|m| (m.netns, m.label()))
+            .collect();
         let (t_prev, prev) = self.prev.take().unwrap_or((t, Snapshot::empty()));
         let dt = (t - t_prev).max(1e-3);
         let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
@@ -384,7 +413,11 @@ impl Model {
         let tw_now = inputs.sockets.time_wait_by_peer();
         let paths = &inputs.cgroup_paths;
         let flows = &snap.flows;
-        let groups: [Vec<(String, GroupStats)>; 4] = [
+        let names = &self.netns_names;
+        let tw_by_netns: BTreeMap<String, u64> = (inputs.sockets.namespaces().iter())
+            .map(|(ns, t)| (netns_label(names, Some(*ns)), t.population.time_wait))
+            .collect();
+        let groups: [Vec<(String, GroupStats)>; TABLES] = [
             peer_groups(flows, usize::MAX)
                 .into_iter()
                 .map(|(l, _, g)| (l, g))
@@ -395,6 +428,9 @@ impl Model {
             }),
             labelled(cgroup_groups(flows, usize::MAX), |id| {
                 cgroup_label(paths, *id)
+            }),
+            labelled(group_flows(flows, |k, _| flow_netns(k), usize::MAX), |ns| {
+                netns_label(names, *ns)
             }),
         ];
         for table in Table::ALL {
@@ -421,8 +457,11 @@ impl Model {
                         p99_us: q(0.99),
                         retransmitted: g.handshakes_with_retransmits,
                         time_wait_in: g.time_wait_entries,
-                        time_wait_now: (table == Table::Peers)
-                            .then(|| tw_now.get(label).copied().unwrap_or(0)),
+                        time_wait_now: match table {
+                            Table::Peers => Some(tw_now.get(label).copied().unwrap_or(0)),
+                            Table::Namespaces => Some(tw_by_netns.get(label).copied().unwrap_or(0)),
+                            _ => None,
+                        },
                         resets: g.resets,
                     }
                 })
@@ -562,6 +601,12 @@ mod tests {
         assert_eq!(procs[0].established, 4);
         assert_eq!(procs[0].time_wait_now, None);
         assert_eq!(m.rows(Table::Ports)[0].name, "(outgoing)");
+        let namespaces = m.rows(Table::Namespaces);
+        assert_eq!(namespaces.len(), 1);
+        assert_eq!(
+            (namespaces[0].name.as_str(), namespaces[0].established),
+            ("1", 4)
+        );
     }
 
     #[test]
@@ -589,6 +634,7 @@ mod tests {
             assert_eq!(Column::from_key(c.key()), Some(c));
         }
         assert_eq!(Column::Name.step(-1), Column::Resets);
-        assert_eq!(Table::Cgroups.next(), Table::Peers);
+        assert_eq!(Table::Cgroups.next(), Table::Namespaces);
+        assert_eq!(Table::Namespaces.next(), Table::Peers);
     }
 }
