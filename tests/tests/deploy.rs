@@ -208,3 +208,24 @@ fn daemonset_names_the_image_the_containerfile_builds() {
         assert!(ignore.contains(&format!("!target/dist/linux-{arch}/tracer")));
     }
 }
+
+/// The README's metric table lists every metric the exporter emits (by its
+/// name after `tcp_tracer_`, counters with `_total`, histograms bare).
+#[test]
+fn every_emitted_metric_is_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let missing: Vec<String> = tracer::export::metric_names()
+        .into_iter()
+        .filter(|n| !n.ends_with("_sum") && !n.ends_with("_count"))
+        .map(|n| {
+            let short = n.trim_start_matches("tcp_tracer_");
+            short.strip_suffix("_bucket").unwrap_or(short).to_string()
+        })
+        .filter(|short| !readme.contains(&format!("`{short}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in README's metric table: {missing:?}"
+    );
+}
