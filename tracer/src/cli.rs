@@ -129,7 +129,7 @@ pub struct TopArgs {
     pub duration: Option<Duration>,
     /// Ring buffer size in KiB (power of two, ≥ 4): top reads events for the
     /// per-group handshake percentiles.
-    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+    #[arg(long, default_value_t = crate::DEFAULT_RING_KIB, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -309,7 +309,7 @@ pub struct EventsArgs {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// Ring buffer size in KiB (power of two, ≥ 4).
-    #[arg(long, default_value_t = 4096, value_parser = parse_ring_kib)]
+    #[arg(long, default_value_t = crate::DEFAULT_RING_KIB, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     /// Replay the events of a recording (`tracer record`) instead of tracing
     /// (no root needed; the filters must not be given).

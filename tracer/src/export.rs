@@ -674,7 +674,7 @@ pub fn classic_text(om: &str) -> String {
 /// A scrape of `snap` alone: no sockets, no run statistics. For tests and
 /// for listing the metric names.
 pub fn offline_scrape(snap: Snapshot) -> Scrape {
-    let tally = crate::report::SocketTally::new(&snap, (32768, 60999));
+    let tally = crate::report::SocketTally::new(&snap, crate::DEFAULT_PORT_RANGE);
     let summary = crate::report::build(&snap, &crate::report::Context::defaults(&tally));
     Scrape {
         snap,
@@ -875,7 +875,7 @@ mod tests {
     fn namespace_series_are_top_n_plus_other() {
         use crate::diag::DiagSocket;
         let snap = Snapshot::empty();
-        let mut tally = crate::report::SocketTally::new(&snap, (32768, 60999));
+        let mut tally = crate::report::SocketTally::new(&snap, crate::DEFAULT_PORT_RANGE);
         // Namespaces 1..=5 with 1..=5 TIME_WAIT sockets each.
         for ns in 1..=5u32 {
             tally.begin_namespace(ns, None);

@@ -382,7 +382,13 @@ fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// net.ipv4.ip_local_port_range (Linux default 32768-60999 if unreadable).
+/// Linux's default net.ipv4.ip_local_port_range.
+pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
+
+/// The ring buffer's size (KiB) when no `--ring-kib` is given.
+pub const DEFAULT_RING_KIB: u32 = 4096;
+
+/// net.ipv4.ip_local_port_range (`DEFAULT_PORT_RANGE` if unreadable).
 pub fn ephemeral_range() -> (u16, u16) {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -390,5 +396,5 @@ pub fn ephemeral_range() -> (u16, u16) {
             let mut it = s.split_whitespace().map(|v| v.parse::<u16>());
             Some((it.next()?.ok()?, it.next()?.ok()?))
         })
-        .unwrap_or((32768, 60999))
+        .unwrap_or(DEFAULT_PORT_RANGE)
 }

@@ -563,7 +563,7 @@ impl<'a> Context<'a> {
             filter: "all TCP".into(),
             top: 10,
             sockets,
-            ephemeral: (32768, 60999),
+            ephemeral: crate::DEFAULT_PORT_RANGE,
             sysctls: Sysctls::default(),
             pressure_warn_pct: 50.0,
             close_wait_leaks: Vec::new(),
@@ -1857,7 +1857,11 @@ mod tests {
             inode: 0,
             uid: 0,
         };
-        let tally = SocketTally::of(&snap, (32768, 60999), std::slice::from_ref(&tw_sock));
+        let tally = SocketTally::of(
+            &snap,
+            crate::DEFAULT_PORT_RANGE,
+            std::slice::from_ref(&tw_sock),
+        );
         let s = build(&snap, &ctx(&tally));
         assert_eq!(s.connects.attempts, 4);
         assert_eq!(s.connects.established, 3);
@@ -1983,7 +1987,7 @@ mod tests {
             uid: 0,
         };
         let socks = [sock(TIME_WAIT, 40000), sock(ESTABLISHED, 40001)];
-        let t = SocketTally::of(&snap, (32768, 60999), &socks);
+        let t = SocketTally::of(&snap, crate::DEFAULT_PORT_RANGE, &socks);
         let r = t.to_record();
         let json = serde_json::to_string(&r).unwrap();
         let back: TallyRecord = serde_json::from_str(&json).unwrap();

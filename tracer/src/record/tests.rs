@@ -30,11 +30,11 @@ fn inputs(snap: &Snapshot) -> ReportInputs {
         duration_s: 12.5,
         filter: "remote 10.0.0.0/8".into(),
         top: 10,
-        sockets: SocketTally::of(snap, (32768, 60999), &socks),
+        sockets: SocketTally::of(snap, crate::DEFAULT_PORT_RANGE, &socks),
         sysctls: Sysctls {
             tcp_tw_reuse: Some(2),
             tcp_max_tw_buckets: Some(262144),
-            ip_local_port_range: (32768, 60999),
+            ip_local_port_range: crate::DEFAULT_PORT_RANGE,
             tcp_fin_timeout: Some(60),
         },
         pressure_warn_pct: 50.0,

@@ -383,7 +383,7 @@ mod tests {
             duration_s: 1.0,
             filter: String::new(),
             top: usize::MAX,
-            sockets: SocketTally::of(&snap, (32768, 60999), &[tw]),
+            sockets: SocketTally::of(&snap, crate::DEFAULT_PORT_RANGE, &[tw]),
             sysctls: Default::default(),
             pressure_warn_pct: 50.0,
             close_wait_leaks: Vec::new(),
