@@ -9,7 +9,7 @@ use tracer_common::{
 
 use crate::{
     ld,
-    maps::{bump, EVENTS, FLOWS, HISTS, TW_SECONDS},
+    maps::{bump, EVENTS, FLOWS, FLOW_GEN, HISTS, TW_SECONDS},
     sock::{self, Ends},
 };
 
@@ -88,6 +88,7 @@ pub fn update_flow(sk: *const u8, stats: &mut Stats, x: &FlowArgs) {
         tgid: st.key_tgid,
         netns: st.netns,
         dir: st.dir,
+        gen: FLOW_GEN.get(0).map_or(0, |g| *g as u8),
         ..FlowKey::default()
     };
     sock::addrs(sk, x.ends.family, &mut key.raddr, &mut key.laddr);

@@ -360,7 +360,8 @@ impl RecFlow {
             tgid: self.pid,
             netns: self.netns,
             dir,
-            _pad: [0; 3],
+            gen: 0,
+            _pad: [0; 2],
         };
         let stats = FlowStats {
             established: self.established,
