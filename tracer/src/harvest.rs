@@ -41,11 +41,13 @@ impl Tally for FlowStats {
 
 /// Rows the userspace breakdown keeps (see `heavy` for what it guarantees).
 pub const LEDGER_ROWS: usize = 16_384;
-/// How often the background harvest runs while the table fills slowly.
-pub const HARVEST_INTERVAL: Duration = Duration::from_secs(1);
-/// How often it runs while the last harvest took more than a quarter of
-/// the kernel table.
-pub const HARVEST_INTERVAL_BUSY: Duration = Duration::from_millis(100);
+/// The longest pause between two background harvests: a burst of new
+/// flows must fill the kernel table in less than this to overflow it
+/// (16 384 rows in 250 ms: 65 000 new rows a second).
+pub const HARVEST_INTERVAL: Duration = Duration::from_millis(250);
+/// The shortest: while rows arrive fast, the pause is chosen so that one
+/// interval brings an eighth of the table, down to this.
+pub const HARVEST_INTERVAL_BUSY: Duration = Duration::from_millis(25);
 
 /// What the harvests did so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,13 +128,12 @@ impl Harvester {
         self.kernel_rows
     }
 
-    /// The pause before the next background harvest after one that moved `rows`.
-    fn next_interval(&self, rows: u64) -> Duration {
-        if rows > u64::from(self.kernel_rows / 4) {
-            HARVEST_INTERVAL_BUSY
-        } else {
-            HARVEST_INTERVAL
-        }
+    /// The pause before the next background harvest after one that moved
+    /// `rows` that arrived over `elapsed`: an eighth of the table at that rate.
+    fn next_interval(&self, rows: u64, elapsed: Duration) -> Duration {
+        let per_s = rows as f64 / elapsed.as_secs_f64().max(1e-3);
+        let fill = Duration::from_secs_f64(f64::from(self.kernel_rows / 8) / per_s.max(1.0));
+        fill.clamp(HARVEST_INTERVAL_BUSY, HARVEST_INTERVAL)
     }
 }
 
@@ -161,10 +162,13 @@ impl HarvestThread {
             .name("flow-harvest".into())
             .spawn(move || {
                 let mut wait = HARVEST_INTERVAL;
+                let mut last = Instant::now();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
                     let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+                    let since = last.elapsed();
+                    last = Instant::now();
                     wait = match h.harvest() {
-                        Ok(rows) => h.next_interval(rows),
+                        Ok(rows) => h.next_interval(rows, since),
                         Err(e) => {
                             h.stats.failures += 1;
                             log::warn!("flow harvest failed (the rows wait for the next): {e:#}");
