@@ -30,7 +30,7 @@ use tracer_common::{close, counter, dir, hist, hist_kind};
 
 use crate::{
     diag::Population,
-    model::{flow_netns, state_name, GroupStats, Histogram, Snapshot},
+    model::{flow_netns, group_of, state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
     report::Summary,
 };
@@ -200,19 +200,6 @@ impl PeerSlots {
             }
         }
     }
-}
-
-/// What no row holds (evicted rows, connections the kernel table had no
-/// room for), as the counts `other` starts from.
-fn other_counts(snap: &Snapshot) -> GroupStats {
-    crate::model::group_flows(
-        &[(tracer_common::FlowKey::default(), snap.other_flow)],
-        |_, _| (),
-        1,
-    )
-    .pop()
-    .map(|(_, g)| g)
-    .unwrap_or_default()
 }
 
 /// Label slots of one exporter: peers, and network namespaces (with the
@@ -520,7 +507,7 @@ pub fn encode_scrape(
         .into_iter()
         .map(|(label, _, g)| (label, g))
         .collect();
-    let peers = slots.peers.fold(groups, &other_counts(snap));
+    let peers = slots.peers.fold(groups, &group_of(&snap.other_flow));
     let per_peer = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
         peers
             .iter()
@@ -664,7 +651,7 @@ fn encode_namespaces(
         .into_iter()
         .map(|(ns, g)| (ns.map_or("unknown".into(), |n| n.to_string()), g))
         .collect();
-    let per_ns = slots.netns.fold(groups, &other_counts(&s.snap));
+    let per_ns = slots.netns.fold(groups, &group_of(&s.snap.other_flow));
     let counters = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
         per_ns
             .iter()

@@ -191,7 +191,8 @@ pub struct Snapshot {
 /// row's figures may miss up to `max_error` of volume, every key with more
 /// than `total_volume / rows_capacity` has a row, and rows + other still
 /// equal the totals exactly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Breakdown {
     pub rows: u64,
     pub rows_capacity: u64,
@@ -392,6 +393,14 @@ struct GroupSums {
 /// The network namespace (inode) a flow belongs to (None: not known, 0).
 pub fn flow_netns(k: &FlowKey) -> Option<u32> {
     (k.netns != 0).then_some(k.netns)
+}
+
+/// One flow's figures as a group's (the `other` row's, say).
+pub fn group_of(f: &FlowStats) -> GroupStats {
+    group_flows(&[(FlowKey::default(), *f)], |_, _| (), 1)
+        .pop()
+        .map(|(_, g)| g)
+        .unwrap_or_default()
 }
 
 /// Group flows by `key_of`, then keep the `top` largest by volume (ties by key).

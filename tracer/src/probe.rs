@@ -365,7 +365,7 @@ impl Probe {
             }
             snap.flows.push((r.key, r.value));
         }
-        snap.flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        snap.flows.sort_unstable_by_key(|f| f.0);
         crate::model::add_flow_stats(&mut snap.other_flow, ledger.other());
         let st = h.stats;
         snap.breakdown = Breakdown {

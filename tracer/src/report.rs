@@ -1164,14 +1164,10 @@ fn peer_errors(snap: &Snapshot) -> BTreeMap<(Option<u32>, String), u64> {
 }
 
 fn flow_breakdown(snap: &Snapshot) -> FlowBreakdown {
-    let other = group_flows(&[(FlowKey::default(), snap.other_flow)], |_, _| (), 1)
-        .pop()
-        .map(|(_, g)| g)
-        .unwrap_or_default();
     FlowBreakdown {
         exact: snap.breakdown.rows_evicted == 0,
         bounds: snap.breakdown,
-        other,
+        other: crate::model::group_of(&snap.other_flow),
     }
 }
 
