@@ -29,7 +29,7 @@ pub static TW_SECONDS: PerCpuArray<TwSlot> = PerCpuArray::with_max_entries(TW_SL
 
 /// Per-flow breakdown; connections that find it full go to `Stats::other_flow`.
 /// Userspace harvests it (reads and deletes the rows of past generations)
-/// every 25-250 ms, so it holds only the flows of the last harvest periods.
+/// every 10-50 ms, so it holds only the flows of the last harvest periods.
 #[map]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16_384, 0);
 

@@ -298,7 +298,7 @@ impl Probe {
     }
 
     /// Harvest the kernel flow table now (the background harvest does it
-    /// every 25-250 ms anyway).
+    /// every 10-50 ms anyway).
     pub fn harvest(&self) -> Result<u64, ProbeError> {
         let mut h = self.harvest.lock().unwrap_or_else(|e| e.into_inner());
         h.harvest().map_err(|e| {
