@@ -88,10 +88,13 @@ pub fn update_flow(sk: *const u8, stats: &mut Stats, x: &FlowArgs) {
         tgid: st.key_tgid,
         netns: st.netns,
         dir: st.dir,
-        gen: FLOW_GEN.get(0).map_or(0, |g| *g as u8),
         ..FlowKey::default()
     };
     sock::addrs(sk, x.ends.family, &mut key.raddr, &mut key.laddr);
+    if let Some(g) = FLOW_GEN.get_ptr(0) {
+        // SAFETY: array slot 0 exists; a torn read is impossible for a u32.
+        key.gen = unsafe { *g } as u8;
+    }
     let mut p = FLOWS.get_ptr_mut(&key);
     if p.is_none() {
         // EEXIST from a racing CPU is fine: the lookup below finds its entry.

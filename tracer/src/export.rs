@@ -92,6 +92,15 @@ fn each_counted(acc: &mut GroupStats, g: &GroupStats, f: impl Fn(u64, u64) -> u6
     }
 }
 
+/// A group with only the `COUNTED` fields set.
+fn from_counts(c: &[u64; COUNTED.len()]) -> GroupStats {
+    let mut g = GroupStats::default();
+    for (field, v) in COUNTED.iter().zip(c) {
+        *field(&mut g) = *v;
+    }
+    g
+}
+
 /// Volume of the counted fields, as `GroupStats::volume` counts it.
 fn counted_volume(g: &GroupStats) -> u64 {
     g.established + g.connect_failed + g.time_wait_entries + g.resets
@@ -102,8 +111,9 @@ fn counted_volume(g: &GroupStats) -> u64 {
 #[derive(Debug, Default)]
 pub struct PeerSlots {
     max: usize,
-    /// Every label's cumulative counts at the previous scrape.
-    prev: HashMap<String, GroupStats>,
+    /// Every label's cumulative counts at the previous scrape (the
+    /// `COUNTED` fields only: one entry per breakdown row at most).
+    prev: HashMap<String, [u64; COUNTED.len()]>,
     /// Recent activity: halved at each scrape, plus the scrape's volume.
     score: HashMap<String, u64>,
     /// Labels with a series, and the values exported for them.
@@ -137,13 +147,18 @@ impl PeerSlots {
             // what keeps `other` monotonic.
             let mut d = g.clone();
             if let Some(p) = self.prev.get(label) {
-                each_counted(&mut d, p, |now, before| now.saturating_sub(before));
+                each_counted(&mut d, &from_counts(p), |now, before| {
+                    now.saturating_sub(before)
+                });
             }
             let recent = self.score.get(label).map_or(0, |s| s / 2) + counted_volume(&d);
             score.insert(label.clone(), recent);
             deltas.insert(label.clone(), d);
         }
-        self.prev = groups.into_iter().collect();
+        self.prev = groups
+            .into_iter()
+            .map(|(l, mut g)| (l, COUNTED.map(|f| *f(&mut g))))
+            .collect();
         self.score = score;
         for (label, v) in self.slots.iter_mut() {
             if let Some(d) = deltas.get(label) {
@@ -576,7 +591,7 @@ pub fn encode_scrape(
 }
 
 /// Per network namespace: populations and leaks of the `top` largest
-/// namespaces this scrape (gauges), flow counters with sticky slots like
+/// namespaces this scrape (gauges), flow counters with re-ranked slots like
 /// peers; everything else in `netns="other"`. And what the population covers.
 fn encode_namespaces(
     s: &Scrape,
@@ -894,7 +909,7 @@ mod tests {
         ] {
             assert!(conns.contains(&want), "{want} not in {conns:#?}");
         }
-        // Slots are sticky: a scrape later, the same series and no decrease.
+        // No new traffic: a scrape later, the same series and no decrease.
         let again = openmetrics(&r).unwrap();
         assert_eq!(series(&again, "tcp_tracer_peer_connections_total"), conns);
     }
