@@ -391,7 +391,10 @@ pub struct FlowKey {
     /// Network namespace inode.
     pub netns: u32,
     pub dir: u8,
-    pub _pad: [u8; 3],
+    /// Harvest generation (`FLOW_GEN` when the row was written): userspace
+    /// drains the rows of past generations; 0 in userspace's own rows.
+    pub gen: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 

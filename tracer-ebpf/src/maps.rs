@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
     hist::Hist, hist_kind, FlowKey, FlowStats, ListenerKey, Owner, SockState, Stats, TwSlot,
@@ -28,8 +28,15 @@ pub static HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(hist_kind::C
 pub static TW_SECONDS: PerCpuArray<TwSlot> = PerCpuArray::with_max_entries(TW_SLOTS, 0);
 
 /// Per-flow breakdown; connections that find it full go to `Stats::other_flow`.
+/// Userspace harvests it (reads and deletes the rows of past generations)
+/// every 10-50 ms, so it holds only the flows of the last harvest periods.
 #[map]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16_384, 0);
+
+/// The generation new flow rows are written in (`FlowKey::gen`), set by
+/// userspace before each harvest.
+#[map]
+pub static FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Listening ports per network namespace → the process that called listen().
 #[map]

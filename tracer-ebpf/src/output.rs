@@ -9,7 +9,7 @@ use tracer_common::{
 
 use crate::{
     ld,
-    maps::{bump, EVENTS, FLOWS, HISTS, TW_SECONDS},
+    maps::{bump, EVENTS, FLOWS, FLOW_GEN, HISTS, TW_SECONDS},
     sock::{self, Ends},
 };
 
@@ -91,6 +91,10 @@ pub fn update_flow(sk: *const u8, stats: &mut Stats, x: &FlowArgs) {
         ..FlowKey::default()
     };
     sock::addrs(sk, x.ends.family, &mut key.raddr, &mut key.laddr);
+    if let Some(g) = FLOW_GEN.get_ptr(0) {
+        // SAFETY: array slot 0 exists; a torn read is impossible for a u32.
+        key.gen = unsafe { *g } as u8;
+    }
     let mut p = FLOWS.get_ptr_mut(&key);
     if p.is_none() {
         // EEXIST from a racing CPU is fine: the lookup below finds its entry.

@@ -210,9 +210,9 @@ pub struct ServeArgs {
     /// Address to serve /metrics on (loopback unless told otherwise).
     #[arg(long, default_value = "127.0.0.1:9477")]
     pub listen: std::net::SocketAddr,
-    /// Peers with their own series (the first seen, largest first); all
-    /// others are summed into peer="other". Also bounds the port-pressure
-    /// destinations exported.
+    /// Peers with their own series at a time (the most active of the last
+    /// scrapes; re-ranked at every scrape); all others are summed into
+    /// peer="other". Also bounds the port-pressure destinations exported.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub top_peers: u16,
     /// CLOSE_WAIT sockets older than this count as leaked.

@@ -4,14 +4,19 @@
 //! for clients that do not ask for OpenMetrics).
 //!
 //! Every metric is named `tcp_tracer_*`; counters end in `_total`, durations
-//! are in seconds. Per-peer series are bounded: the first `top_peers` peers
-//! seen (largest first within a scrape) get their own series for the
-//! exporter's lifetime, every other peer is summed into `peer="other"`, so a
-//! counter never goes backwards and a host with a million peers exports
-//! `top_peers + 1` series per per-peer metric.
+//! are in seconds. Per-peer (and per-namespace) series are bounded and
+//! re-ranked at every scrape by recent activity: each label's score is its
+//! volume since the last scrape plus half its previous score; the `top_peers`
+//! labels with the highest scores have a series, a label whose score drops
+//! to 0 (quiet for a few scrapes) or below a newcomer's gives its series up.
+//! A series starts at its label's counts since the previous scrape, and
+//! `peer="other"` is the total minus the labelled series: what leaves a
+//! series moves into `other`, so every series is monotonic, the sum over the
+//! label equals the host-wide total, and a host with a million peers exports
+//! at most `top_peers + 1` series per per-peer metric.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Mutex,
 };
 
@@ -25,7 +30,7 @@ use tracer_common::{close, counter, dir, hist, hist_kind};
 
 use crate::{
     diag::Population,
-    model::{flow_netns, state_name, GroupStats, Histogram, Snapshot},
+    model::{flow_netns, group_of, state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
     report::Summary,
 };
@@ -67,41 +72,148 @@ pub fn prom_buckets(h: &Histogram, bounds_s: &[f64]) -> Vec<(f64, u64)> {
     out
 }
 
-/// Peers with their own series. Sticky and first-come (see the module doc).
+/// The per-label counters the exporter exports and `other` absorbs.
+const COUNTED: [fn(&mut GroupStats) -> &mut u64; 6] = [
+    |g| &mut g.established,
+    |g| &mut g.connect_failed,
+    |g| &mut g.time_wait_entries,
+    |g| &mut g.resets,
+    |g| &mut g.handshakes_with_retransmits,
+    |g| &mut g.retransmits,
+];
+
+/// `f(acc_field, g_field)` over the counted fields.
+fn each_counted(acc: &mut GroupStats, g: &GroupStats, f: impl Fn(u64, u64) -> u64) {
+    let mut g = g.clone();
+    for field in COUNTED {
+        let v = *field(&mut g);
+        let a = field(acc);
+        *a = f(*a, v);
+    }
+}
+
+/// A group with only the `COUNTED` fields set.
+fn from_counts(c: &[u64; COUNTED.len()]) -> GroupStats {
+    let mut g = GroupStats::default();
+    for (field, v) in COUNTED.iter().zip(c) {
+        *field(&mut g) = *v;
+    }
+    g
+}
+
+/// Volume of the counted fields, as `GroupStats::volume` counts it.
+fn counted_volume(g: &GroupStats) -> u64 {
+    g.established + g.connect_failed + g.time_wait_entries + g.resets
+}
+
+/// Labels with their own series, re-ranked at each scrape by recent
+/// activity (see the module doc): at most `max` labels, the rest in `other`.
 #[derive(Debug, Default)]
 pub struct PeerSlots {
     max: usize,
-    admitted: BTreeSet<String>,
+    /// Every label's cumulative counts at the previous scrape (the
+    /// `COUNTED` fields only: one entry per breakdown row at most).
+    prev: HashMap<String, [u64; COUNTED.len()]>,
+    /// Recent activity: halved at each scrape, plus the scrape's volume.
+    score: HashMap<String, u64>,
+    /// Labels with a series, and the values exported for them.
+    slots: BTreeMap<String, GroupStats>,
+    /// `other` has been exported (it stays, so its counter never vanishes).
+    other_shown: bool,
 }
 
 impl PeerSlots {
     pub fn new(max: usize) -> Self {
         PeerSlots {
             max,
-            admitted: BTreeSet::new(),
+            ..Default::default()
         }
     }
 
-    /// Admit new peers while slots last (`groups` sorted largest first), then
-    /// fold everything else into `other`. Returns (peer label, stats).
-    pub fn fold(&mut self, groups: Vec<(String, GroupStats)>) -> Vec<(String, GroupStats)> {
-        let mut own: BTreeMap<String, GroupStats> = BTreeMap::new();
-        let mut other = GroupStats::default();
-        for (peer, g) in groups {
-            if !self.admitted.contains(&peer) && self.admitted.len() < self.max {
-                self.admitted.insert(peer.clone());
+    /// One scrape: `groups` are the labels' cumulative counts, `other` what
+    /// no label holds. Returns the series: (label, values), `other` last.
+    pub fn fold(
+        &mut self,
+        groups: Vec<(String, GroupStats)>,
+        other: &GroupStats,
+    ) -> Vec<(String, GroupStats)> {
+        let mut total = other.clone();
+        let mut deltas: HashMap<String, GroupStats> = HashMap::with_capacity(groups.len());
+        let mut score = HashMap::with_capacity(groups.len());
+        for (label, g) in &groups {
+            add_counts(&mut total, g);
+            // Never more than the label's true activity since the last
+            // scrape (a row evicted meanwhile only lowers it): that is
+            // what keeps `other` monotonic.
+            let mut d = g.clone();
+            if let Some(p) = self.prev.get(label) {
+                each_counted(&mut d, &from_counts(p), |now, before| {
+                    now.saturating_sub(before)
+                });
             }
-            if self.admitted.contains(&peer) {
-                own.insert(peer, g);
-            } else {
-                add_counts(&mut other, &g);
+            let recent = self.score.get(label).map_or(0, |s| s / 2) + counted_volume(&d);
+            score.insert(label.clone(), recent);
+            deltas.insert(label.clone(), d);
+        }
+        self.prev = groups
+            .into_iter()
+            .map(|(l, mut g)| (l, COUNTED.map(|f| *f(&mut g))))
+            .collect();
+        self.score = score;
+        for (label, v) in self.slots.iter_mut() {
+            if let Some(d) = deltas.get(label) {
+                add_counts(v, d);
             }
         }
-        let mut out: Vec<(String, GroupStats)> = own.into_iter().collect();
-        if self.admitted.len() >= self.max {
-            out.push(("other".into(), other));
+        self.rerank(&deltas);
+        let mut out: Vec<(String, GroupStats)> = self
+            .slots
+            .iter()
+            .map(|(l, v)| (l.clone(), v.clone()))
+            .collect();
+        let mut rest = total;
+        for (_, v) in &out {
+            each_counted(&mut rest, v, |t, v| t.saturating_sub(v));
+        }
+        self.other_shown |= counted_volume(&rest) > 0 || rest.retransmits > 0;
+        if self.other_shown {
+            out.push(("other".into(), rest));
         }
         out
+    }
+
+    /// The most active labels without a series take free slots, or the
+    /// slot of a less active label (a quiet one, score 0, first). A label
+    /// that gets a series starts at its activity of this scrape.
+    fn rerank(&mut self, deltas: &HashMap<String, GroupStats>) {
+        let score = |l: &String| self.score.get(l).copied().unwrap_or(0);
+        // A label the breakdown no longer holds has nothing to count.
+        self.slots.retain(|l, _| deltas.contains_key(l));
+        let mut waiting: Vec<(&String, u64)> = self
+            .score
+            .iter()
+            .filter(|(l, s)| **s > 0 && !self.slots.contains_key(*l))
+            .map(|(l, s)| (l, *s))
+            .collect();
+        waiting.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        for (label, s) in waiting {
+            if self.slots.len() >= self.max {
+                let weakest = self
+                    .slots
+                    .keys()
+                    .min_by(|a, b| score(a).cmp(&score(b)).then(b.cmp(a)))
+                    .cloned();
+                match weakest {
+                    Some(w) if score(&w) < s => {
+                        self.slots.remove(&w);
+                    }
+                    _ => break,
+                }
+            }
+            if self.max > 0 {
+                self.slots.insert(label.clone(), deltas[label].clone());
+            }
+        }
     }
 }
 
@@ -137,12 +249,7 @@ impl Slots {
 }
 
 fn add_counts(acc: &mut GroupStats, g: &GroupStats) {
-    acc.established += g.established;
-    acc.connect_failed += g.connect_failed;
-    acc.time_wait_entries += g.time_wait_entries;
-    acc.resets += g.resets;
-    acc.handshakes_with_retransmits += g.handshakes_with_retransmits;
-    acc.retransmits += g.retransmits;
+    each_counted(acc, g, |a, b| a + b);
 }
 
 /// Everything one scrape reads.
@@ -415,7 +522,7 @@ pub fn encode_scrape(
         .into_iter()
         .map(|(label, _, g)| (label, g))
         .collect();
-    let peers = slots.peers.fold(groups);
+    let peers = slots.peers.fold(groups, &group_of(&snap.other_flow));
     let per_peer = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
         peers
             .iter()
@@ -484,7 +591,7 @@ pub fn encode_scrape(
 }
 
 /// Per network namespace: populations and leaks of the `top` largest
-/// namespaces this scrape (gauges), flow counters with sticky slots like
+/// namespaces this scrape (gauges), flow counters with re-ranked slots like
 /// peers; everything else in `netns="other"`. And what the population covers.
 fn encode_namespaces(
     s: &Scrape,
@@ -561,7 +668,7 @@ fn encode_namespaces(
         .into_iter()
         .map(|(ns, g)| (ns.map_or("unknown".into(), |n| n.to_string()), g))
         .collect();
-    let per_ns = slots.netns.fold(groups);
+    let per_ns = slots.netns.fold(groups, &group_of(&s.snap.other_flow));
     let counters = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
         per_ns
             .iter()
@@ -804,7 +911,7 @@ mod tests {
         ] {
             assert!(conns.contains(&want), "{want} not in {conns:#?}");
         }
-        // Slots are sticky: a scrape later, the same series and no decrease.
+        // No new traffic: a scrape later, the same series and no decrease.
         let again = openmetrics(&r).unwrap();
         assert_eq!(series(&again, "tcp_tracer_peer_connections_total"), conns);
     }
@@ -816,16 +923,152 @@ mod tests {
             established: n,
             ..Default::default()
         };
-        let out = slots.fold(vec![("a".into(), g(3)), ("b".into(), g(1))]);
+        let none = GroupStats::default();
+        let out = slots.fold(vec![("a".into(), g(3)), ("b".into(), g(1))], &none);
         assert_eq!(out.len(), 2);
         // A later peer still gets a slot; counts never move between series.
-        let out = slots.fold(vec![
-            ("a".into(), g(4)),
-            ("b".into(), g(1)),
-            ("c".into(), g(9)),
-        ]);
+        let out = slots.fold(
+            vec![("a".into(), g(4)), ("b".into(), g(1)), ("c".into(), g(9))],
+            &none,
+        );
         let names: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    fn est(n: u64) -> GroupStats {
+        GroupStats {
+            established: n,
+            ..Default::default()
+        }
+    }
+
+    fn value(out: &[(String, GroupStats)], label: &str) -> Option<u64> {
+        out.iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, g)| g.established)
+    }
+
+    #[test]
+    fn a_peer_that_turns_hot_gets_a_series_and_other_absorbs_the_one_it_displaces() {
+        let mut slots = PeerSlots::new(2);
+        let none = GroupStats::default();
+        let out = slots.fold(
+            vec![
+                ("a".into(), est(10)),
+                ("b".into(), est(5)),
+                ("c".into(), est(1)),
+            ],
+            &none,
+        );
+        assert_eq!(value(&out, "a"), Some(10));
+        assert_eq!(value(&out, "b"), Some(5));
+        assert_eq!(value(&out, "other"), Some(1));
+        // hot: 50 new connections in this window; b did 1, a did 1.
+        let out = slots.fold(
+            vec![
+                ("a".into(), est(11)),
+                ("b".into(), est(6)),
+                ("c".into(), est(1)),
+                ("hot".into(), est(50)),
+            ],
+            &none,
+        );
+        assert_eq!(
+            value(&out, "hot"),
+            Some(50),
+            "its series starts at this window's count"
+        );
+        assert_eq!(value(&out, "a"), Some(11));
+        assert_eq!(value(&out, "b"), None, "displaced");
+        assert_eq!(
+            value(&out, "other"),
+            Some(6 + 1),
+            "b's series moved into other"
+        );
+        assert_eq!(out.len(), 3);
+        // Then hot goes on, a goes quiet: a keeps its series while its score lasts.
+        let out = slots.fold(
+            vec![
+                ("a".into(), est(11)),
+                ("b".into(), est(6)),
+                ("c".into(), est(1)),
+                ("hot".into(), est(80)),
+            ],
+            &none,
+        );
+        assert_eq!(value(&out, "hot"), Some(80));
+        assert_eq!(value(&out, "a"), Some(11));
+    }
+
+    #[test]
+    fn quiet_labels_go_back_to_other() {
+        // One slot: a was busy once, then only b trickles along.
+        let mut slots = PeerSlots::new(1);
+        let none = GroupStats::default();
+        let mut scrapes = 0u64;
+        loop {
+            scrapes += 1;
+            let groups = vec![("a".into(), est(1000)), ("b".into(), est(scrapes))];
+            let out = slots.fold(groups, &none);
+            if value(&out, "a").is_none() {
+                assert_eq!(value(&out, "b"), Some(1), "b starts at this scrape's count");
+                assert_eq!(value(&out, "other"), Some(1000 + scrapes - 1));
+                break;
+            }
+            assert!(
+                scrapes < 20,
+                "a quiet label is displaced within log2(score) scrapes"
+            );
+        }
+    }
+
+    /// Random cumulative streams (labels growing at random, rows sometimes
+    /// evicted into `other`): at every scrape at most `max + 1` series, every
+    /// series and `other` monotonic, the sum over the label = the total.
+    #[test]
+    fn reranking_keeps_series_bounded_monotonic_and_summing_to_the_total() {
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for max in [1usize, 3, 8] {
+            let mut slots = PeerSlots::new(max);
+            let mut cum: BTreeMap<String, u64> = BTreeMap::new();
+            let mut evicted = 0u64;
+            let mut last: BTreeMap<String, u64> = BTreeMap::new();
+            for _ in 0..200 {
+                for _ in 0..next(30) {
+                    let l = format!("p{}", next(40));
+                    *cum.entry(l).or_default() += 1 + next(5);
+                }
+                if next(4) == 0 && !cum.is_empty() {
+                    let l = cum
+                        .keys()
+                        .nth(next(cum.len() as u64) as usize)
+                        .unwrap()
+                        .clone();
+                    evicted += cum.remove(&l).unwrap();
+                }
+                let groups = cum.iter().map(|(l, n)| (l.clone(), est(*n))).collect();
+                let out = slots.fold(groups, &est(evicted));
+                let total: u64 = cum.values().sum::<u64>() + evicted;
+                assert!(out.len() <= max + 1, "{out:?}");
+                assert_eq!(out.iter().map(|(_, g)| g.established).sum::<u64>(), total);
+                for (l, g) in &out {
+                    if let Some(before) = last.get(l) {
+                        assert!(g.established >= *before, "{l} went back: {before} -> {g:?}");
+                    }
+                }
+                // A label without a series now starts afresh next time.
+                last = out
+                    .iter()
+                    .map(|(l, g)| (l.clone(), g.established))
+                    .collect();
+            }
+        }
     }
 
     #[test]

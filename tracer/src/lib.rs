@@ -13,6 +13,8 @@ pub mod diag_storage;
 pub mod event;
 pub mod export;
 pub mod filter;
+pub mod harvest;
+pub mod heavy;
 pub mod kube;
 pub mod manual;
 pub mod model;

@@ -174,11 +174,39 @@ pub struct Snapshot {
     /// TIME_WAIT entries per CLOCK_MONOTONIC second, (second, count), for
     /// the last 64 seconds that had any.
     pub time_wait_by_second: Vec<(u64, u64)>,
-    /// Flow figures of connections that found the flow table full: with
-    /// `flows`, they add up to the totals.
+    /// Flow figures of connections that found the kernel flow table full,
+    /// and of rows the userspace breakdown evicted: with `flows`, they add
+    /// up to the totals.
     pub other_flow: FlowStats,
     /// Program runs the kernel skipped (recursion on a CPU).
     pub recursion_misses: u64,
+    /// Volume each row may miss (in `other_flow`), for rows that may miss any.
+    pub flow_errors: std::collections::BTreeMap<FlowKey, u64>,
+    /// How exact `flows` is, and what the harvests cost.
+    pub breakdown: Breakdown,
+}
+
+/// The per-flow breakdown's bounds (see `heavy`): `flows` holds at most
+/// `rows_capacity` rows; once a row was evicted (`rows_evicted` > 0) a
+/// row's figures may miss up to `max_error` of volume, every key with more
+/// than `total_volume / rows_capacity` has a row, and rows + other still
+/// equal the totals exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Breakdown {
+    pub rows: u64,
+    pub rows_capacity: u64,
+    pub rows_evicted: u64,
+    /// The most volume (`flow_volume`) any row may miss; 0: exact.
+    pub max_error: u64,
+    pub total_volume: u64,
+    /// Capacity of the kernel's flow table (rows between two harvests).
+    pub kernel_table_capacity: u64,
+    pub harvests: u64,
+    pub harvested_rows: u64,
+    pub max_rows_per_harvest: u64,
+    pub harvest_cpu_ns: u64,
+    pub harvest_failures: u64,
 }
 
 impl Snapshot {
@@ -191,6 +219,8 @@ impl Snapshot {
             time_wait_by_second: Vec::new(),
             other_flow: FlowStats::default(),
             recursion_misses: 0,
+            flow_errors: Default::default(),
+            breakdown: Breakdown::default(),
         }
     }
 
@@ -229,6 +259,12 @@ impl Snapshot {
     pub fn transition(&self, old: u8, new: u8) -> u64 {
         self.transitions[old as usize][new as usize]
     }
+}
+
+/// What "volume" means for ranking flows and peers: connections seen plus
+/// TIME_WAIT entries and resets (`GroupStats::volume` is the same sum).
+pub fn flow_volume(f: &FlowStats) -> u64 {
+    f.established + f.connect_failed + f.time_wait + f.resets_sent + f.resets_received
 }
 
 /// Sum per-CPU flow values into one.
@@ -340,8 +376,8 @@ impl GroupStats {
         self.retransmits += f.retrans_total;
     }
 
-    /// What "volume" means for the top-N ordering: connections seen plus
-    /// TIME_WAIT entries and resets.
+    /// What "volume" means for the top-N ordering: `flow_volume` of the
+    /// group's figures.
     pub fn volume(&self) -> u64 {
         self.established + self.connect_failed + self.time_wait_entries + self.resets
     }
@@ -357,6 +393,14 @@ struct GroupSums {
 /// The network namespace (inode) a flow belongs to (None: not known, 0).
 pub fn flow_netns(k: &FlowKey) -> Option<u32> {
     (k.netns != 0).then_some(k.netns)
+}
+
+/// One flow's figures as a group's (the `other` row's, say).
+pub fn group_of(f: &FlowStats) -> GroupStats {
+    group_flows(&[(FlowKey::default(), *f)], |_, _| (), 1)
+        .pop()
+        .map(|(_, g)| g)
+        .unwrap_or_default()
 }
 
 /// Group flows by `key_of`, then keep the `top` largest by volume (ties by key).
@@ -490,7 +534,8 @@ impl Replay {
             tgid: s.st.key_tgid,
             netns: 1,
             dir: s.st.dir,
-            _pad: [0; 3],
+            gen: 0,
+            _pad: [0; 2],
         }
     }
 

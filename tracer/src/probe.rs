@@ -1,7 +1,9 @@
 //! Loading, attaching and reading the eBPF side.
 
+use std::sync::{Arc, Mutex};
+
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
@@ -10,7 +12,8 @@ use tracer_common::{
 };
 
 use crate::{
-    model::{sum_flow_stats, Histogram, Snapshot},
+    harvest::{HarvestThread, Harvester},
+    model::{Breakdown, Histogram, Snapshot},
     offsets::{self, OffsetError},
 };
 
@@ -78,6 +81,8 @@ pub enum ProbeError {
     Map(&'static str, aya::maps::MapError),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("harvesting the flow table: {0:#}")]
+    Harvest(anyhow::Error),
 }
 
 fn program_stats(ebpf: &Ebpf, name: &str) -> Result<RunStats, ProbeError> {
@@ -233,8 +238,11 @@ impl Default for ProbeOptions {
     }
 }
 
-/// The loaded and attached programs. Dropping it detaches and unloads them.
+/// The loaded and attached programs, and the flow table's harvest.
+/// Dropping it stops the harvest, detaches and unloads them.
 pub struct Probe {
+    _harvest_thread: HarvestThread,
+    harvest: Arc<Mutex<Harvester>>,
     ebpf: Ebpf,
 }
 
@@ -279,7 +287,24 @@ impl Probe {
         prog.attach()?;
         drop(btf);
         release_freed_memory();
-        Ok(Probe { ebpf })
+        let harvest = Arc::new(Mutex::new(harvester(&mut ebpf, opts.flow_entries)?));
+        let thread = HarvestThread::spawn(harvest.clone())
+            .map_err(|e| ProbeError::Harvest(anyhow::anyhow!("starting its thread: {e}")))?;
+        Ok(Probe {
+            _harvest_thread: thread,
+            harvest,
+            ebpf,
+        })
+    }
+
+    /// Harvest the kernel flow table now (the background harvest does it
+    /// every 10-50 ms anyway).
+    pub fn harvest(&self) -> Result<u64, ProbeError> {
+        let mut h = self.harvest.lock().unwrap_or_else(|e| e.into_inner());
+        h.harvest().map_err(|e| {
+            h.stats.failures += 1;
+            ProbeError::Harvest(e)
+        })
     }
 
     /// Run statistics of the attached program.
@@ -324,6 +349,41 @@ impl Probe {
         }
     }
 
+    /// Harvest, then copy the breakdown's rows, their bounds and its
+    /// `other` into `snap` (after the kernel's `other` went in with STATS).
+    fn flows_into(&self, snap: &mut Snapshot) -> Result<(), ProbeError> {
+        let mut h = self.harvest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = h.harvest() {
+            h.stats.failures += 1;
+            return Err(ProbeError::Harvest(e));
+        }
+        let ledger = &h.ledger;
+        snap.flows.reserve(ledger.len());
+        for r in ledger.rows() {
+            if r.err > 0 {
+                snap.flow_errors.insert(r.key, r.err);
+            }
+            snap.flows.push((r.key, r.value));
+        }
+        snap.flows.sort_unstable_by_key(|f| f.0);
+        crate::model::add_flow_stats(&mut snap.other_flow, ledger.other());
+        let st = h.stats;
+        snap.breakdown = Breakdown {
+            rows: ledger.len() as u64,
+            rows_capacity: ledger.capacity() as u64,
+            rows_evicted: ledger.evicted(),
+            max_error: ledger.max_error(),
+            total_volume: ledger.total_weight(),
+            kernel_table_capacity: u64::from(h.kernel_rows()),
+            harvests: st.harvests,
+            harvested_rows: st.rows,
+            max_rows_per_harvest: st.max_rows,
+            harvest_cpu_ns: st.cpu_ns,
+            harvest_failures: st.failures,
+        };
+        Ok(())
+    }
+
     /// Read every aggregate, summed over CPUs.
     pub fn snapshot(&self) -> Result<Snapshot, ProbeError> {
         let mut snap = Snapshot::empty();
@@ -344,12 +404,7 @@ impl Probe {
             }
             snap.hists[k as usize] = h;
         }
-        let flows: PerCpuHashMap<_, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(map("FLOWS")?).map_err(err("FLOWS"))?;
-        for item in flows.iter() {
-            let (k, v) = item.map_err(err("FLOWS"))?;
-            snap.flows.push((k, sum_flow_stats(v.iter())));
-        }
+        self.flows_into(&mut snap)?;
         let tw: PerCpuArray<_, TwSlot> =
             PerCpuArray::try_from(map("TW_SECONDS")?).map_err(err("TW_SECONDS"))?;
         let mut by_sec: std::collections::BTreeMap<u64, u64> = Default::default();
@@ -364,6 +419,16 @@ impl Probe {
         snap.recursion_misses = self.run_stats()?.recursion_misses;
         Ok(snap)
     }
+}
+
+/// Take the flow table and its generation out of the object, for the harvest.
+fn harvester(ebpf: &mut Ebpf, kernel_rows: u32) -> Result<Harvester, ProbeError> {
+    let mut take = |name: &'static str| ebpf.take_map(name).ok_or(ProbeError::MissingMap(name));
+    let flows = PerCpuHashMap::<_, FlowKey, FlowStats>::try_from(take("FLOWS")?)
+        .map_err(|e| ProbeError::Map("FLOWS", e))?;
+    let gen =
+        Array::<_, u32>::try_from(take("FLOW_GEN")?).map_err(|e| ProbeError::Map("FLOW_GEN", e))?;
+    Harvester::new(flows, gen, kernel_rows).map_err(ProbeError::Harvest)
 }
 
 #[cfg(test)]

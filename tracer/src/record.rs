@@ -360,7 +360,8 @@ impl RecFlow {
             tgid: self.pid,
             netns: self.netns,
             dir,
-            _pad: [0; 3],
+            gen: 0,
+            _pad: [0; 2],
         };
         let stats = FlowStats {
             established: self.established,
@@ -460,6 +461,12 @@ pub struct RecSnapshot {
     pub transitions: Vec<RecTransition>,
     pub histograms: BTreeMap<String, RecHist>,
     pub flows: Vec<RecFlow>,
+    /// What no flow row holds (evicted rows, the kernel table's overflow).
+    pub other_flow: Option<RecFlow>,
+    /// Volume each flow of `flows` may miss, by index, where it may miss any.
+    pub flow_errors: Vec<(usize, u64)>,
+    /// How exact `flows` is (absent in older recordings: read as exact).
+    pub breakdown: crate::model::Breakdown,
     /// TIME_WAIT entries per CLOCK_MONOTONIC second.
     pub time_wait_by_second: Vec<(u64, u64)>,
     /// The sock_diag population, tallied as the report reads it.
@@ -509,6 +516,14 @@ impl RecSnapshot {
                 .iter()
                 .map(|(k, f)| RecFlow::from_flow(k, f))
                 .collect(),
+            other_flow: Some(RecFlow::from_flow(&FlowKey::default(), &snap.other_flow)),
+            flow_errors: snap
+                .flows
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (k, _))| Some((i, *snap.flow_errors.get(k)?)))
+                .collect(),
+            breakdown: snap.breakdown,
             time_wait_by_second: snap.time_wait_by_second.clone(),
             sockets: inputs.sockets.to_record(),
             sysctls: inputs.sysctls.clone(),
@@ -546,6 +561,15 @@ impl RecSnapshot {
             }
         }
         s.flows = self.flows.iter().map(RecFlow::to_flow).collect();
+        if let Some(o) = &self.other_flow {
+            s.other_flow = o.to_flow().1;
+        }
+        for (i, err) in &self.flow_errors {
+            if let Some((k, _)) = s.flows.get(*i) {
+                s.flow_errors.insert(*k, *err);
+            }
+        }
+        s.breakdown = self.breakdown;
         s.time_wait_by_second = self.time_wait_by_second.clone();
         s
     }

@@ -172,8 +172,25 @@ pub struct PeerRow {
     pub netns: Option<u32>,
     /// TIME_WAIT sockets of this peer now (sock_diag).
     pub time_wait_now: u64,
+    /// Volume (connections + TIME_WAIT entries + resets) this row's figures
+    /// may miss: counted in `flow_breakdown.other` instead. 0: exact.
+    pub max_missing: u64,
     #[serde(flatten)]
     pub stats: GroupStats,
+}
+
+/// How exact the per-flow tables are: the rows are kept in a bounded table
+/// (Space-Saving); what an evicted row held is in `other`, so every table's
+/// rows plus `other` equal the totals.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlowBreakdown {
+    /// true: no row was ever evicted, every figure is exact.
+    pub exact: bool,
+    #[serde(flatten)]
+    pub bounds: crate::model::Breakdown,
+    /// Figures of evicted rows and of connections the kernel table had no
+    /// room for.
+    pub other: GroupStats,
 }
 
 /// TIME_WAIT per local address: which of the host's IPs hold the sockets.
@@ -443,6 +460,9 @@ pub struct Summary {
     pub connection_lifetime: Latency,
     pub transitions: Vec<TransitionCount>,
     pub top_peers: Vec<PeerRow>,
+    /// Whether the peer, port, process and cgroup tables are exact, and
+    /// by how much they may be off.
+    pub flow_breakdown: FlowBreakdown,
     pub top_local_ports: Vec<PortRow>,
     pub top_processes: Vec<ProcessRow>,
     pub top_cgroups: Vec<CgroupRow>,
@@ -1007,10 +1027,12 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
     transitions.sort_by(|a, b| b.count.cmp(&a.count).then(a.from.cmp(b.from)));
 
     let flows = &snap.flows;
+    let missing = peer_errors(snap);
     let top_peers = peer_groups_by_netns(flows, ctx.top)
         .into_iter()
         .map(|(netns, peer, d, stats)| PeerRow {
             time_wait_now: tally.time_wait_of_peer(netns, &peer),
+            max_missing: missing.get(&(netns, peer.clone())).copied().unwrap_or(0),
             netns,
             peer,
             direction: dir_name(d),
@@ -1111,6 +1133,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         connection_lifetime: Latency::from_hist(h(hist_kind::LIFETIME)),
         transitions,
         top_peers,
+        flow_breakdown: flow_breakdown(snap),
         top_local_ports,
         top_processes,
         top_cgroups,
@@ -1131,6 +1154,24 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             passive_rtt_unknown: c(counter::PASSIVE_RTT_UNKNOWN),
             recursion_misses: snap.recursion_misses,
         },
+    }
+}
+
+/// Volume each (namespace, peer label) may miss: its rows' errors summed.
+fn peer_errors(snap: &Snapshot) -> BTreeMap<(Option<u32>, String), u64> {
+    let mut out = BTreeMap::new();
+    for (k, err) in &snap.flow_errors {
+        let label = peer_label(k.dir, k.family, &k.raddr, k.port);
+        *out.entry((flow_netns(k), label)).or_default() += err;
+    }
+    out
+}
+
+fn flow_breakdown(snap: &Snapshot) -> FlowBreakdown {
+    FlowBreakdown {
+        exact: snap.breakdown.rows_evicted == 0,
+        bounds: snap.breakdown,
+        other: crate::model::group_of(&snap.other_flow),
     }
 }
 
@@ -1399,6 +1440,27 @@ fn coverage_line(c: &Coverage) -> String {
 
 /// " [blue]" / " [pod <uid>/<ctr>]" / " [4026532246]" after a row of a
 /// namespace, when the report covers more than one.
+/// The `other` row under the peer table, and how approximate the tables are.
+fn render_breakdown(o: &mut String, b: &FlowBreakdown) {
+    if b.other.volume() > 0 || b.other.connections_closed > 0 {
+        group_line(o, "other (not in a row)", &b.other, None);
+    }
+    let r = &b.bounds;
+    if b.exact {
+        let _ = writeln!(
+            o,
+            "  (exact: {} rows of {} kept, none evicted)",
+            r.rows, r.rows_capacity
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "  (APPROXIMATE: {} rows kept, {} evicted into other; a row may miss up to {} of its volume (connections + TIME_WAIT entries + resets; per peer in JSON max_missing); every flow above 1/{} of the total volume {} has a row)",
+            r.rows, r.rows_evicted, r.max_error, r.rows_capacity, r.total_volume
+        );
+    }
+}
+
 fn netns_tag(s: &Summary, netns: Option<u32>) -> String {
     let Some(ns) = netns else {
         return String::new();
@@ -1655,6 +1717,7 @@ pub fn render_text(s: &Summary) -> String {
             let name = format!("{}{}", r.peer, netns_tag(s, r.netns));
             group_line(&mut o, &name, &r.stats, Some(r.time_wait_now));
         }
+        render_breakdown(&mut o, &s.flow_breakdown);
         let _ = writeln!(o, "\nTop local ports");
         group_header(&mut o, "LOCAL PORT");
         for r in &s.top_local_ports {

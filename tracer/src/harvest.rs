@@ -1,0 +1,284 @@
+//! Harvesting the kernel's flow table into a bounded userspace breakdown,
+//! so the kernel table never fills for good.
+//!
+//! The kernel program writes each flow row under the generation in
+//! `FLOW_GEN` (`FlowKey::gen`). A harvest:
+//!
+//! 1. sets `FLOW_GEN` to the next generation;
+//! 2. waits until every program run that may have read the old value has
+//!    returned: an update of an array-of-maps waits for an RCU grace period
+//!    (`synchronize_rcu()` in the kernel's `maybe_wait_bpf_programs`), and
+//!    tracepoint programs run inside an RCU read-side section;
+//! 3. reads and deletes every row of an older generation. Nothing writes
+//!    those rows any more, so read-then-delete loses nothing.
+//!
+//! The rows go into a Space-Saving table (`heavy`) keyed like the kernel
+//! (generation cleared): rows + `other` equal everything harvested, for
+//! every figure.
+
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, PerCpuHashMap};
+use tracer_common::{FlowKey, FlowStats};
+
+use crate::{
+    heavy::{SpaceSaving, Tally},
+    model::{add_flow_stats, flow_volume, sum_flow_stats},
+};
+
+impl Tally for FlowStats {
+    fn weight(&self) -> u64 {
+        flow_volume(self)
+    }
+    fn absorb(&mut self, other: &Self) {
+        add_flow_stats(self, other);
+    }
+}
+
+/// Rows the userspace breakdown keeps (see `heavy` for what it guarantees).
+pub const LEDGER_ROWS: usize = 16_384;
+/// The longest pause between two background harvests: a burst of new
+/// flows must fill the kernel table in less than this to overflow it
+/// (16 384 rows in 50 ms: 327 000 new rows a second; a loopback client
+/// with distinct peers made 70 000 a second here).
+pub const HARVEST_INTERVAL: Duration = Duration::from_millis(50);
+/// The shortest: while rows arrive fast, the pause is chosen so that one
+/// interval brings an eighth of the table, down to this.
+pub const HARVEST_INTERVAL_BUSY: Duration = Duration::from_millis(10);
+
+/// What the harvests did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HarvestStats {
+    pub harvests: u64,
+    /// Kernel rows read and deleted.
+    pub rows: u64,
+    /// The most rows one harvest found.
+    pub max_rows: u64,
+    /// CPU time of the harvesting thread (or caller) in the harvests, ns.
+    pub cpu_ns: u64,
+    /// Wall time spent waiting for in-flight programs, ns.
+    pub barrier_ns: u64,
+    /// Harvests that failed (logged): the rows wait for the next one.
+    pub failures: u64,
+}
+
+/// The kernel flow table, its generation, and the userspace breakdown.
+pub struct Harvester {
+    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    gen_map: Array<MapData, u32>,
+    barrier: RcuBarrier,
+    gen: u32,
+    kernel_rows: u32,
+    pub ledger: SpaceSaving<FlowKey, FlowStats>,
+    pub stats: HarvestStats,
+}
+
+impl Harvester {
+    pub fn new(
+        flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+        gen_map: Array<MapData, u32>,
+        kernel_rows: u32,
+    ) -> anyhow::Result<Self> {
+        Ok(Harvester {
+            flows,
+            gen_map,
+            barrier: RcuBarrier::new()?,
+            gen: 0,
+            kernel_rows,
+            ledger: SpaceSaving::new(LEDGER_ROWS),
+            stats: HarvestStats::default(),
+        })
+    }
+
+    /// Move every kernel row of a past generation into the ledger. Returns
+    /// the rows moved.
+    pub fn harvest(&mut self) -> anyhow::Result<u64> {
+        let cpu0 = thread_cpu_ns();
+        let next = self.gen.wrapping_add(1);
+        self.gen_map.set(0, next, 0)?;
+        self.gen = next;
+        let t = Instant::now();
+        self.barrier.wait()?;
+        self.stats.barrier_ns += t.elapsed().as_nanos() as u64;
+        let current = next as u8;
+        let old: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.gen != current)
+            .collect();
+        for k in &old {
+            let v = sum_flow_stats(self.flows.get(k, 0)?.iter());
+            self.flows.remove(k)?;
+            self.ledger.add(FlowKey { gen: 0, ..*k }, &v);
+        }
+        let n = old.len() as u64;
+        self.stats.harvests += 1;
+        self.stats.rows += n;
+        self.stats.max_rows = self.stats.max_rows.max(n);
+        self.stats.cpu_ns += thread_cpu_ns().saturating_sub(cpu0);
+        Ok(n)
+    }
+
+    /// Capacity of the kernel table.
+    pub fn kernel_rows(&self) -> u32 {
+        self.kernel_rows
+    }
+
+    /// The pause before the next background harvest after one that moved
+    /// `rows` that arrived over `elapsed`: an eighth of the table at that rate.
+    fn next_interval(&self, rows: u64, elapsed: Duration) -> Duration {
+        let per_s = rows as f64 / elapsed.as_secs_f64().max(1e-3);
+        let fill = Duration::from_secs_f64(f64::from(self.kernel_rows / 8) / per_s.max(1.0));
+        fill.clamp(HARVEST_INTERVAL_BUSY, HARVEST_INTERVAL)
+    }
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The background harvest: a thread that harvests every interval until
+/// dropped.
+pub struct HarvestThread {
+    stop: Option<mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HarvestThread {
+    pub fn spawn(h: Arc<Mutex<Harvester>>) -> std::io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("flow-harvest".into())
+            .spawn(move || {
+                let mut wait = HARVEST_INTERVAL;
+                let mut last = Instant::now();
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                    let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+                    let since = last.elapsed();
+                    last = Instant::now();
+                    wait = match h.harvest() {
+                        Ok(rows) => h.next_interval(rows, since),
+                        Err(e) => {
+                            h.stats.failures += 1;
+                            log::warn!("flow harvest failed (the rows wait for the next): {e:#}");
+                            HARVEST_INTERVAL
+                        }
+                    };
+                }
+            })?;
+        Ok(HarvestThread {
+            stop: Some(stop),
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for HarvestThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Waits for every BPF program run in progress to return: updating an
+/// array-of-maps makes the kernel wait for an RCU grace period before the
+/// syscall returns. (aya 0.14 keeps the creation of a standalone
+/// array-of-maps crate-private, so both maps are made here.)
+struct RcuBarrier {
+    inner: OwnedFd,
+    outer: OwnedFd,
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// The leading fields of `union bpf_attr` for BPF_MAP_CREATE.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+}
+
+/// `union bpf_attr` for BPF_MAP_UPDATE_ELEM.
+#[repr(C)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of its size;
+    // the kernel zero-fills the rest and reads only what `cmd` defines.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl RcuBarrier {
+    fn new() -> anyhow::Result<Self> {
+        let create = |map_type, inner_map_fd| -> anyhow::Result<OwnedFd> {
+            let attr = MapCreateAttr {
+                map_type,
+                key_size: 4,
+                value_size: 4,
+                max_entries: 1,
+                map_flags: 0,
+                inner_map_fd,
+            };
+            let fd = bpf(BPF_MAP_CREATE, &attr)
+                .map_err(|e| anyhow::anyhow!("creating the harvest barrier map: {e}"))?;
+            // SAFETY: the syscall returned a new fd that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        };
+        let inner = create(BPF_MAP_TYPE_ARRAY, 0)?;
+        let outer = create(BPF_MAP_TYPE_ARRAY_OF_MAPS, inner.as_raw_fd() as u32)?;
+        Ok(RcuBarrier { inner, outer })
+    }
+
+    fn wait(&self) -> std::io::Result<()> {
+        let key: u32 = 0;
+        let value: u32 = self.inner.as_raw_fd() as u32;
+        let attr = MapUpdateAttr {
+            map_fd: self.outer.as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &attr).map(|_| ())
+    }
+}
