@@ -454,6 +454,7 @@ pub fn encode_scrape(
     )?;
 
     encode_namespaces(s, slots, &mut enc)?;
+    encode_listeners(&s.summary.listen, &mut enc)?;
 
     // The tracer's own health: the same list the text report prints.
     for (name, help, value) in s.summary.tracer.entries() {
@@ -481,6 +482,53 @@ pub fn encode_scrape(
         &[(Vec::new(), if s.stats_enabled { 1.0 } else { 0.0 })],
     )?;
     Ok(())
+}
+
+/// Every listening socket (bounded by the host's listeners, not by
+/// traffic) and connects in flight per destination.
+fn encode_listeners(
+    l: &crate::listeners::Listeners,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let key = |r: &crate::listeners::ListenerRow| {
+        labels(&[("netns", &r.netns.to_string()), ("local", &r.local)])
+    };
+    let each = |f: fn(&crate::listeners::ListenerRow) -> f64| -> Vec<(Labels, f64)> {
+        l.listeners.iter().map(|r| (key(r), f(r))).collect()
+    };
+    gauge_family(
+        enc,
+        "listener_accept_queue",
+        "Connections waiting for accept() on a listening socket now (ss -ltn Recv-Q)",
+        &each(|r| r.accept_queue as f64),
+    )?;
+    gauge_family(
+        enc,
+        "listener_accept_queue_limit",
+        "A listening socket's accept queue limit: min(listen() backlog, net.core.somaxconn) (ss -ltn Send-Q)",
+        &each(|r| r.accept_queue_limit as f64),
+    )?;
+    counter_family(
+        enc,
+        "listener_drops",
+        "SYNs and final ACKs a listening socket dropped since listen() (its sk_drops: full queues)",
+        &l.listeners
+            .iter()
+            .map(|r| (key(r), r.drops))
+            .collect::<Vec<_>>(),
+    )?;
+    gauge_family(
+        enc,
+        "connects_in_flight",
+        "Sockets in SYN_SENT now, per destination",
+        &l.connects_in_flight
+            .iter()
+            .map(|r| {
+                let l = labels(&[("netns", &r.netns.to_string()), ("destination", &r.peer)]);
+                (l, r.connects as f64)
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Per network namespace: populations and leaks of the `top` largest

@@ -13,6 +13,7 @@ pub mod diag_storage;
 pub mod event;
 pub mod export;
 pub mod filter;
+pub mod listeners;
 pub mod manual;
 pub mod model;
 pub mod netns;
@@ -164,6 +165,7 @@ impl Tracer {
         let found = population::namespaces(&self.filter)?;
         let (namespaces, coverage) =
             population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
+        let listen = listeners::read(&found, &self.filter);
         let now_ns = monotonic_ns();
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
@@ -192,6 +194,7 @@ impl Tracer {
             cgroup_paths,
             namespaces,
             coverage,
+            listen,
         })
     }
 
@@ -329,6 +332,8 @@ pub struct ReportInputs {
     /// The namespaces read and what the population covers.
     pub namespaces: Vec<report::NamespaceMeta>,
     pub coverage: report::Coverage,
+    /// Listeners and connects in flight (sock_diag at report time).
+    pub listen: listeners::Listeners,
 }
 
 impl ReportInputs {
@@ -350,6 +355,7 @@ impl ReportInputs {
                 cgroup_paths: &self.cgroup_paths,
                 namespaces: &self.namespaces,
                 coverage: self.coverage.clone(),
+                listen: self.listen.clone(),
             },
         )
     }
