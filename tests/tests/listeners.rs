@@ -120,7 +120,7 @@ fn connect_nonblocking(port: u16) -> Socket {
     s
 }
 
-fn listener<'a>(s: &'a Summary, netns: u32, port: u16) -> &'a ListenerRow {
+fn listener(s: &Summary, netns: u32, port: u16) -> &ListenerRow {
     s.listen
         .listeners
         .iter()
@@ -186,8 +186,8 @@ fn full_accept_queue_drops_on_that_listener_and_connects_stay_in_flight() {
         "SYN retransmits vs TCPSynRetrans"
     );
     let text = tracer::report::render_text(&s);
-    let warning = format!("WARNING: listener 127.0.0.1:7001 ");
-    let line = text.lines().find(|l| l.contains(&warning)).expect(&text);
+    let warning = "WARNING: listener 127.0.0.1:7001 ";
+    let line = text.lines().find(|l| l.contains(warning)).expect(&text);
     assert!(
         line.contains("accept queue 2 of 1") && line.contains("somaxconn 4096"),
         "{line}"
