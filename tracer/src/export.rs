@@ -940,6 +940,23 @@ mod tests {
         }
         let mut ctx = crate::report::Context::defaults(&tally);
         ctx.top = 2;
+        // And one full listener with drops, one connect in flight.
+        ctx.listen.listeners.push(crate::listeners::ListenerRow {
+            netns: 5,
+            local: "127.0.0.1:7001".into(),
+            accept_queue: 2,
+            accept_queue_limit: 1,
+            drops: 16,
+            ..Default::default()
+        });
+        ctx.listen
+            .connects_in_flight
+            .push(crate::listeners::InFlightRow {
+                netns: 5,
+                peer: "127.0.0.1:7001".into(),
+                connects: 4,
+                ..Default::default()
+            });
         let summary = crate::report::build(&snap, &ctx);
         let scrape = Scrape {
             snap,
@@ -972,6 +989,14 @@ mod tests {
             "tcp_tracer_netns_sockets{netns=\"other\",pod=\"\",container=\"\",state=\"TIME_WAIT\"} 6.0",
         ] {
             assert!(tw.contains(&want), "{want} not in {tw:#?}");
+        }
+        for want in [
+            "tcp_tracer_listener_accept_queue{netns=\"5\",local=\"127.0.0.1:7001\"} 2.0",
+            "tcp_tracer_listener_accept_queue_limit{netns=\"5\",local=\"127.0.0.1:7001\"} 1.0",
+            "tcp_tracer_listener_drops_total{netns=\"5\",local=\"127.0.0.1:7001\"} 16",
+            "tcp_tracer_connects_in_flight{netns=\"5\",destination=\"127.0.0.1:7001\"} 4.0",
+        ] {
+            assert!(text.lines().any(|l| l == want), "{want} not in {text}");
         }
         // No flows: no per-namespace counter series; coverage is exported.
         assert!(series(&text, "tcp_tracer_netns_connections_total").is_empty());
