@@ -121,7 +121,8 @@ fn connect_nonblocking(port: u16) -> Socket {
 }
 
 /// SYN retransmits to wait for: 4 (each stuck client's first, at 1 s)
-/// unless `LISTEN_MIN_RETRANS` asks for more (8 at 3 s, 12 at 7 s).
+/// unless `LISTEN_MIN_RETRANS` asks for more (each client resends once a second
+/// while `net.ipv4.tcp_syn_linear_timeouts`, 4 by default, lasts: 12 at 3 s).
 fn min_retrans() -> u64 {
     std::env::var("LISTEN_MIN_RETRANS")
         .ok()
