@@ -151,6 +151,7 @@ fn full_accept_queue_drops_on_that_listener_and_connects_stay_in_flight() {
     let ns = Ns::create("full");
     let inode = ns.namespace().inode;
     let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    let since = std::time::Instant::now();
     let (_full, _calm, _clients) = ns.run(|| {
         let full = listen(7001, 1);
         let calm = listen(7002, 128);
@@ -194,6 +195,14 @@ fn full_accept_queue_drops_on_that_listener_and_connects_stay_in_flight() {
     assert_eq!(
         flight[0].syn_retransmits, retrans,
         "SYN retransmits vs TCPSynRetrans"
+    );
+    // Ages from the kernel side's birth time: past the first retransmit
+    // (1 s), and no older than the test's own clock since the connects.
+    let (oldest, youngest) = (flight[0].oldest_s.unwrap(), flight[0].youngest_s.unwrap());
+    assert_eq!(flight[0].ages_known, 4);
+    assert!(
+        youngest >= 1.0 && oldest <= since.elapsed().as_secs_f64(),
+        "{flight:?}"
     );
     let text = tracer::report::render_text(&s);
     let warning = "WARNING: listener 127.0.0.1:7001 ";

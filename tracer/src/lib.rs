@@ -165,8 +165,9 @@ impl Tracer {
         let found = population::namespaces(&self.filter)?;
         let (namespaces, coverage) =
             population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
-        let listen = listeners::read(&found, &self.filter);
         let now_ns = monotonic_ns();
+        let storage = self.probe.socket_storage_fd().ok();
+        let listen = listeners::read(&found, &self.filter, storage, now_ns);
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
             &found,

@@ -9,13 +9,17 @@
 //! - SYN_SENT sockets grouped per (namespace, destination), with the SYNs
 //!   retransmitted so far (the retransmit timer's count).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::BorrowedFd,
+};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::state;
 
 use crate::{
     diag::{self, DiagDetail},
+    diag_storage,
     filter::FilterSpec,
     model, netns, procs,
 };
@@ -75,7 +79,7 @@ impl ListenerRow {
 }
 
 /// SYN_SENT sockets to one destination.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InFlightRow {
     pub netns: u32,
@@ -87,10 +91,17 @@ pub struct InFlightRow {
     pub syn_retransmits_max: u64,
     /// The soonest next retransmit (or timeout), ms.
     pub next_timer_ms: Option<u64>,
+    /// Age of the oldest and youngest of them, s (since connect(), from the
+    /// kernel side's per-socket birth time); null when none is known (the
+    /// connect predates the tracer, or the namespace was read without it).
+    pub oldest_s: Option<f64>,
+    pub youngest_s: Option<f64>,
+    /// How many of `connects` have a known age.
+    pub ages_known: u64,
 }
 
 /// What the report shows of listeners and connects in flight.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Listeners {
     pub listeners: Vec<ListenerRow>,
@@ -133,8 +144,17 @@ fn warning(l: &ListenerRow, s: Option<&ListenSysctls>) -> String {
     )
 }
 
+/// Socket cookie → age in ns of the connects whose birth the kernel side saw.
+pub type Ages = HashMap<u64, u64>;
+
 /// Fold one namespace's sock_diag answer in.
-pub fn add_namespace(out: &mut Listeners, netns: u32, sockets: &[DiagDetail], f: &FilterSpec) {
+pub fn add_namespace(
+    out: &mut Listeners,
+    netns: u32,
+    sockets: &[DiagDetail],
+    ages: &Ages,
+    f: &FilterSpec,
+) {
     let mut flight: BTreeMap<String, InFlightRow> = BTreeMap::new();
     for d in sockets {
         let s = &d.socket;
@@ -158,15 +178,24 @@ pub fn add_namespace(out: &mut Listeners, netns: u32, sockets: &[DiagDetail], f:
                 row.connects += 1;
                 row.syn_retransmits += u64::from(d.retransmits);
                 row.syn_retransmits_max = row.syn_retransmits_max.max(d.retransmits.into());
-                row.next_timer_ms = match (row.next_timer_ms, d.timer_ms) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                row.next_timer_ms = merge(row.next_timer_ms, d.timer_ms, u64::min);
+                if let Some(age) = ages.get(&s.cookie).map(|ns| *ns as f64 / 1e9) {
+                    row.ages_known += 1;
+                    row.oldest_s = merge(row.oldest_s, Some(age), f64::max);
+                    row.youngest_s = merge(row.youngest_s, Some(age), f64::min);
+                }
             }
             _ => {}
         }
     }
     out.connects_in_flight.extend(flight.into_values());
+}
+
+fn merge<T>(a: Option<T>, b: Option<T>, pick: fn(T, T) -> T) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pick(a, b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn listener_matches(f: &FilterSpec, d: &DiagDetail) -> bool {
@@ -187,19 +216,28 @@ pub fn states() -> u32 {
 /// Read every namespace of `d` (the own one directly, others from inside);
 /// namespaces that cannot be entered are already in the population's
 /// coverage and contribute no rows here.
-pub fn read(d: &netns::Discovery, f: &FilterSpec) -> Listeners {
+/// `storage` is the kernel side's socket storage map (for connect ages),
+/// `now_ns` CLOCK_MONOTONIC.
+pub fn read(
+    d: &netns::Discovery,
+    f: &FilterSpec,
+    storage: Option<BorrowedFd<'_>>,
+    now_ns: u64,
+) -> Listeners {
     let mut out = Listeners::default();
+    let one = || -> Result<_, diag::DiagError> {
+        let sockets = diag::dump_detail(states())?;
+        Ok((sockets, ListenSysctls::read(), ages(storage, now_ns)))
+    };
     for ns in &d.namespaces {
         let got = if ns.inode == d.own {
-            Ok(diag::dump_detail(states()).map(|v| (v, ListenSysctls::read())))
+            Ok(one())
         } else {
-            netns::within(ns, || {
-                diag::dump_detail(states()).map(|v| (v, ListenSysctls::read()))
-            })
+            netns::within(ns, one)
         };
         match got {
-            Ok(Ok((sockets, sysctls))) => {
-                add_namespace(&mut out, ns.inode, &sockets, f);
+            Ok(Ok((sockets, sysctls, ages))) => {
+                add_namespace(&mut out, ns.inode, &sockets, &ages, f);
                 out.listen_sysctls.insert(ns.inode, sysctls);
             }
             Ok(Err(e)) => log::debug!("listeners in netns {}: {e}", ns.inode),
@@ -209,6 +247,25 @@ pub fn read(d: &netns::Discovery, f: &FilterSpec) -> Listeners {
     resolve_owners(&mut out.listeners);
     sort(&mut out);
     out
+}
+
+/// Ages of this namespace's SYN_SENT sockets (sock_diag answers with the
+/// storage of the namespace it is asked in). A failure costs the ages only.
+fn ages(storage: Option<BorrowedFd<'_>>, now_ns: u64) -> Ages {
+    let Some(fd) = storage else {
+        return Ages::new();
+    };
+    match diag_storage::states_by_cookie(fd, diag::states(&[state::SYN_SENT])) {
+        Ok(m) => m
+            .into_iter()
+            .filter(|(_, st)| st.ts_birth != 0)
+            .map(|(c, st)| (c, now_ns.saturating_sub(st.ts_birth)))
+            .collect(),
+        Err(e) => {
+            log::debug!("connect ages: {e}");
+            Ages::new()
+        }
+    }
 }
 
 fn resolve_owners(rows: &mut [ListenerRow]) {
@@ -264,14 +321,24 @@ pub fn render(o: &mut String, l: &Listeners) {
     for r in &l.connects_in_flight {
         let _ = writeln!(
             o,
-            "  {} connects to {} in SYN_SENT, {} SYN retransmits (at most {} each), next timer in {} ms  netns {}",
+            "  {} connects to {} in SYN_SENT{}, {} SYN retransmits (at most {} each), next timer in {} ms  netns {}",
             r.connects,
             r.peer,
+            age_text(r),
             r.syn_retransmits,
             r.syn_retransmits_max,
             r.next_timer_ms.map_or("?".into(), |v| v.to_string()),
             r.netns
         );
+    }
+}
+
+/// " for 3.2 s" (all of one age), " for 1.0-3.2 s", "" when unknown.
+fn age_text(r: &InFlightRow) -> String {
+    match (r.youngest_s, r.oldest_s) {
+        (Some(y), Some(o)) if o - y < 0.05 => format!(" for {o:.1} s"),
+        (Some(y), Some(o)) => format!(" for {y:.1}-{o:.1} s"),
+        _ => String::new(),
     }
 }
 
@@ -312,7 +379,8 @@ mod tests {
             sock(state::SYN_SENT, 40001, 80, 3, (0, 0, 0)),
             sock(state::SYN_SENT, 40002, 81, 0, (0, 0, 0)),
         ];
-        add_namespace(&mut l, 7, &socks, &FilterSpec::default());
+        let ages = Ages::from([(0, 3_200_000_000)]);
+        add_namespace(&mut l, 7, &socks, &ages, &FilterSpec::default());
         sort(&mut l);
         assert_eq!(l.listeners.len(), 2);
         assert_eq!(
@@ -327,6 +395,14 @@ mod tests {
         );
         assert_eq!((f.syn_retransmits_max, f.next_timer_ms), (3, Some(41000)));
         assert_eq!(l.connects_in_flight[1].connects, 1);
+        // Every test socket has cookie 0: each connect has the known age.
+        assert_eq!(
+            (f.ages_known, f.oldest_s, f.youngest_s),
+            (2, Some(3.2), Some(3.2))
+        );
+        let mut text = String::new();
+        render(&mut text, &l);
+        assert!(text.contains("2 connects to 10.0.0.1:80 in SYN_SENT for 3.2 s, 5 SYN retransmits"));
         let w = l.warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].starts_with("WARNING: listener 10.0.0.1:80 (?) accept queue 2 of 1, 16"));
@@ -344,7 +420,7 @@ mod tests {
             sock(state::LISTEN, 80, 0, 0, (0, 1, 0)),
             sock(state::LISTEN, 81, 0, 0, (0, 1, 0)),
         ];
-        add_namespace(&mut l, 1, &socks, &f);
+        add_namespace(&mut l, 1, &socks, &Ages::new(), &f);
         assert_eq!(l.listeners.len(), 1);
         assert_eq!(l.listeners[0].local, "10.0.0.1:81");
     }
