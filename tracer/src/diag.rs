@@ -10,7 +10,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -57,15 +57,81 @@ pub fn dump(state_mask: u32) -> Result<Vec<DiagSocket>, DiagError> {
 /// tallied without holding a million records.
 pub fn dump_each(state_mask: u32, mut f: impl FnMut(DiagSocket)) -> Result<(), DiagError> {
     for family in [AF_INET, AF_INET6] {
-        dump_family(family, state_mask, &mut f)?;
+        dump_family(family, state_mask, ExtensionFlags::empty(), &mut |r| {
+            f(socket_of(r))
+        })?;
     }
     Ok(())
+}
+
+/// A socket with the queue and retransmit figures listeners and connects
+/// in flight are reported with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagDetail {
+    pub socket: DiagSocket,
+    /// idiag_rqueue: for a listener, its accept queue now.
+    pub recv_queue: u32,
+    /// idiag_wqueue: for a listener, its accept queue limit (the listen()
+    /// backlog, capped by net.core.somaxconn).
+    pub send_queue: u32,
+    /// SK_MEMINFO_DROPS: the socket's `sk_drops`; for a listener every
+    /// SYN or final ACK `tcp_listendrop()` refused since listen().
+    pub drops: u32,
+    /// Retransmits of the running retransmit timer (SYN_SENT: SYNs resent).
+    pub retransmits: u8,
+    /// When that timer fires next, ms.
+    pub timer_ms: Option<u64>,
+}
+
+/// Sockets in the given states with `DiagDetail`'s figures, this namespace.
+pub fn dump_detail(state_mask: u32) -> Result<Vec<DiagDetail>, DiagError> {
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        dump_family(family, state_mask, ExtensionFlags::SKMEMINFO, &mut |r| {
+            out.push(detail_of(r))
+        })?;
+    }
+    Ok(out)
+}
+
+fn detail_of(r: &InetResponse) -> DiagDetail {
+    let drops = r.nlas.iter().find_map(|n| match n {
+        Nla::MemInfo(m) => Some(m.drops),
+        _ => None,
+    });
+    let (retransmits, timer_ms) = match &r.header.timer {
+        Some(Timer::Retransmit(d, n)) => (*n, Some(d.as_millis() as u64)),
+        _ => (0, None),
+    };
+    DiagDetail {
+        socket: socket_of(r),
+        recv_queue: r.header.recv_queue,
+        send_queue: r.header.send_queue,
+        drops: drops.unwrap_or(0),
+        retransmits,
+        timer_ms,
+    }
+}
+
+fn socket_of(r: &InetResponse) -> DiagSocket {
+    let id = &r.header.socket_id;
+    DiagSocket {
+        state: r.header.state,
+        src: id.source_address,
+        sport: id.source_port,
+        dst: id.destination_address,
+        dport: id.destination_port,
+        cookie: u64::from_ne_bytes(id.cookie),
+        inode: r.header.inode,
+        uid: r.header.uid,
+    }
 }
 
 fn dump_family(
     family: u8,
     state_mask: u32,
-    out: &mut impl FnMut(DiagSocket),
+    extensions: ExtensionFlags,
+    out: &mut impl FnMut(&InetResponse),
 ) -> Result<(), DiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
@@ -78,7 +144,7 @@ fn dump_family(
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states: StateFlags::from_bits_retain(state_mask),
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
@@ -106,19 +172,7 @@ fn dump_family(
                 NetlinkPayload::Error(e) => {
                     return Err(DiagError::Kernel(e.code.map_or(0, |c| c.get())));
                 }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let id = &r.header.socket_id;
-                    out(DiagSocket {
-                        state: r.header.state,
-                        src: id.source_address,
-                        sport: id.source_port,
-                        dst: id.destination_address,
-                        dport: id.destination_port,
-                        cookie: u64::from_ne_bytes(id.cookie),
-                        inode: r.header.inode,
-                        uid: r.header.uid,
-                    });
-                }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out(&r),
                 _ => {}
             }
             if len == 0 {

@@ -561,6 +561,7 @@ pub fn encode_scrape(
     )?;
 
     encode_namespaces(s, slots, &mut enc)?;
+    encode_listeners(&s.summary.listen, &mut enc)?;
 
     // The tracer's own health: the same list the text report prints.
     for (name, help, value) in s.summary.tracer.entries() {
@@ -588,6 +589,53 @@ pub fn encode_scrape(
         &[(Vec::new(), if s.stats_enabled { 1.0 } else { 0.0 })],
     )?;
     Ok(())
+}
+
+/// Every listening socket (bounded by the host's listeners, not by
+/// traffic) and connects in flight per destination.
+fn encode_listeners(
+    l: &crate::listeners::Listeners,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let key = |r: &crate::listeners::ListenerRow| {
+        labels(&[("netns", &r.netns.to_string()), ("local", &r.local)])
+    };
+    let each = |f: fn(&crate::listeners::ListenerRow) -> f64| -> Vec<(Labels, f64)> {
+        l.listeners.iter().map(|r| (key(r), f(r))).collect()
+    };
+    gauge_family(
+        enc,
+        "listener_accept_queue",
+        "Connections waiting for accept() on a listening socket now (ss -ltn Recv-Q)",
+        &each(|r| r.accept_queue as f64),
+    )?;
+    gauge_family(
+        enc,
+        "listener_accept_queue_limit",
+        "A listening socket's accept queue limit: min(listen() backlog, net.core.somaxconn) (ss -ltn Send-Q)",
+        &each(|r| r.accept_queue_limit as f64),
+    )?;
+    counter_family(
+        enc,
+        "listener_drops",
+        "SYNs and final ACKs a listening socket dropped since listen() (its sk_drops: full queues)",
+        &l.listeners
+            .iter()
+            .map(|r| (key(r), r.drops))
+            .collect::<Vec<_>>(),
+    )?;
+    gauge_family(
+        enc,
+        "connects_in_flight",
+        "Sockets in SYN_SENT now, per destination",
+        &l.connects_in_flight
+            .iter()
+            .map(|r| {
+                let l = labels(&[("netns", &r.netns.to_string()), ("destination", &r.peer)]);
+                (l, r.connects as f64)
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Per network namespace: populations and leaks of the `top` largest
@@ -1137,6 +1185,23 @@ mod tests {
         }
         let mut ctx = crate::report::Context::defaults(&tally);
         ctx.top = 2;
+        // And one full listener with drops, one connect in flight.
+        ctx.listen.listeners.push(crate::listeners::ListenerRow {
+            netns: 5,
+            local: "127.0.0.1:7001".into(),
+            accept_queue: 2,
+            accept_queue_limit: 1,
+            drops: 16,
+            ..Default::default()
+        });
+        ctx.listen
+            .connects_in_flight
+            .push(crate::listeners::InFlightRow {
+                netns: 5,
+                peer: "127.0.0.1:7001".into(),
+                connects: 4,
+                ..Default::default()
+            });
         let summary = crate::report::build(&snap, &ctx);
         let scrape = Scrape {
             snap,
@@ -1169,6 +1234,14 @@ mod tests {
             "tcp_tracer_netns_sockets{netns=\"other\",pod=\"\",container=\"\",state=\"TIME_WAIT\"} 6.0",
         ] {
             assert!(tw.contains(&want), "{want} not in {tw:#?}");
+        }
+        for want in [
+            "tcp_tracer_listener_accept_queue{netns=\"5\",local=\"127.0.0.1:7001\"} 2.0",
+            "tcp_tracer_listener_accept_queue_limit{netns=\"5\",local=\"127.0.0.1:7001\"} 1.0",
+            "tcp_tracer_listener_drops_total{netns=\"5\",local=\"127.0.0.1:7001\"} 16",
+            "tcp_tracer_connects_in_flight{netns=\"5\",destination=\"127.0.0.1:7001\"} 4.0",
+        ] {
+            assert!(text.lines().any(|l| l == want), "{want} not in {text}");
         }
         // No flows: no per-namespace counter series; coverage is exported.
         assert!(series(&text, "tcp_tracer_netns_connections_total").is_empty());

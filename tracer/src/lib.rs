@@ -16,6 +16,7 @@ pub mod filter;
 pub mod harvest;
 pub mod heavy;
 pub mod kube;
+pub mod listeners;
 pub mod manual;
 pub mod model;
 pub mod netns;
@@ -168,6 +169,8 @@ impl Tracer {
         let (namespaces, coverage) =
             population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
         let now_ns = monotonic_ns();
+        let storage = self.probe.socket_storage_fd().ok();
+        let listen = listeners::read(&found, &self.filter, storage, now_ns);
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
             &found,
@@ -195,6 +198,7 @@ impl Tracer {
             cgroup_paths,
             namespaces,
             coverage,
+            listen,
         })
     }
 
@@ -332,6 +336,8 @@ pub struct ReportInputs {
     /// The namespaces read and what the population covers.
     pub namespaces: Vec<report::NamespaceMeta>,
     pub coverage: report::Coverage,
+    /// Listeners and connects in flight (sock_diag at report time).
+    pub listen: listeners::Listeners,
 }
 
 impl ReportInputs {
@@ -353,6 +359,7 @@ impl ReportInputs {
                 cgroup_paths: &self.cgroup_paths,
                 namespaces: &self.namespaces,
                 coverage: self.coverage.clone(),
+                listen: self.listen.clone(),
             },
         )
     }

@@ -597,6 +597,7 @@ impl RecSnapshot {
             cgroup_paths: self.cgroup_paths.iter().cloned().collect(),
             namespaces: Vec::new(),
             coverage: Default::default(),
+            listen: Default::default(),
         }
     }
 }

@@ -470,6 +470,10 @@ pub struct Summary {
     pub namespaces: Vec<NamespaceRow>,
     /// Which namespaces the population covers, and how they were read.
     pub netns_coverage: Coverage,
+    /// Listening sockets, connects in flight and the sysctls bounding
+    /// them (`listeners`, `connects_in_flight`, `listen_sysctls`).
+    #[serde(flatten)]
+    pub listen: crate::listeners::Listeners,
     pub tracer: Health,
 }
 
@@ -571,6 +575,8 @@ pub struct Context<'a> {
     /// The namespaces read (names, owners, road); may be empty.
     pub namespaces: &'a [NamespaceMeta],
     pub coverage: Coverage,
+    /// Listeners and connects in flight, read at report time.
+    pub listen: crate::listeners::Listeners,
 }
 
 impl<'a> Context<'a> {
@@ -592,6 +598,7 @@ impl<'a> Context<'a> {
             cgroup_paths: &NO_CGROUPS,
             namespaces: &[],
             coverage: Coverage::default(),
+            listen: Default::default(),
         }
     }
 }
@@ -1139,6 +1146,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         top_cgroups,
         namespaces: namespace_rows(snap, ctx, &port_pressure_all(ctx)),
         netns_coverage: ctx.coverage.clone(),
+        listen: ctx.listen.clone(),
         tracer: Health {
             transitions_counted: c(counter::TRANSITIONS),
             events_dropped: c(counter::RINGBUF_DROPS),
@@ -1674,6 +1682,7 @@ pub fn render_text(s: &Summary) -> String {
     for w in &pp.warnings {
         let _ = writeln!(o, "  {w}");
     }
+    crate::listeners::render(&mut o, &s.listen);
     let cw = &s.close_wait;
     let _ = writeln!(
         o,

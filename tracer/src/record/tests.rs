@@ -54,6 +54,7 @@ fn inputs(snap: &Snapshot) -> ReportInputs {
         cgroup_paths: [(3u64, "/a".to_string())].into_iter().collect(),
         namespaces: Vec::new(),
         coverage: Default::default(),
+        listen: Default::default(),
     }
 }
 

@@ -522,6 +522,7 @@ mod tests {
             cgroup_paths: BTreeMap::new(),
             namespaces: Vec::new(),
             coverage: Default::default(),
+            listen: Default::default(),
         }
     }
 

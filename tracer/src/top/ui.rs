@@ -392,6 +392,7 @@ mod tests {
             cgroup_paths: Default::default(),
             namespaces: Vec::new(),
             coverage: Default::default(),
+            listen: Default::default(),
         };
         let mut m = Model::new(0.0);
         m.update(1.0, &snap, &inputs);

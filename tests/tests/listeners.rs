@@ -1,0 +1,271 @@
+//! Listeners and connects in flight (root), in network namespaces this test
+//! creates (`listen-<pid>-*`) and deletes: a backlog-1 listener that never
+//! accepts and 6 non-blocking connects (queue full, drops on that listener
+//! only, 4 connects stuck in SYN_SENT), and a normal listener with a slow
+//! acceptor. Every figure is checked against what the kernel says inside
+//! the namespace: `ss -ltn` and the namespace's own /proc/net/netstat.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::wait_for;
+use socket2::{Domain, Socket, Type};
+use tracer::{
+    filter::FilterSpec,
+    listeners::{InFlightRow, ListenerRow},
+    netns::{self, Namespace},
+    report::Summary,
+    Tracer,
+};
+
+/// One namespace, deleted on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn create(test: &str) -> Self {
+        let name = format!("listen-{}-{test}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+        Ns { name }
+    }
+
+    fn namespace(&self) -> Namespace {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        Namespace {
+            inode: netns::inode_of(&path).expect("namespace inode"),
+            mounts: vec![path],
+            names: vec![self.name.clone()],
+            ..Default::default()
+        }
+    }
+
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netns::within(&self.namespace(), f).expect("entering the namespace")
+    }
+
+    fn exec(&self, cmd: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec");
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ss -ltn` inside: (Recv-Q, Send-Q) of the listener on `port`.
+    fn ss_listen(&self, port: u16) -> (u32, u32) {
+        let out = self.exec(&["ss", "-Hltn"]);
+        let line = out
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|a| a.ends_with(&format!(":{port}")))
+            })
+            .unwrap_or_else(|| panic!("no listener on {port} in ss -ltn: {out}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[1].parse().unwrap(), f[2].parse().unwrap())
+    }
+
+    /// A TcpExt counter of this namespace (/proc/net/netstat inside it).
+    fn tcpext(&self, name: &str) -> u64 {
+        let text = self.exec(&["cat", "/proc/net/netstat"]);
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+        let i = names.split_whitespace().position(|n| n == name).unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn listen(port: u16, backlog: i32) -> TcpListener {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    s.listen(backlog).unwrap();
+    s.into()
+}
+
+/// A connect that does not wait for the handshake.
+fn connect_nonblocking(port: u16) -> Socket {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_nonblocking(true).unwrap();
+    match s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into()) {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        other => panic!("non-blocking connect: {other:?}"),
+    }
+    s
+}
+
+/// SYN retransmits to wait for: 4 (each stuck client's first, at 1 s)
+/// unless `LISTEN_MIN_RETRANS` asks for more (each client resends once a second
+/// while `net.ipv4.tcp_syn_linear_timeouts`, 4 by default, lasts: 12 at 3 s).
+fn min_retrans() -> u64 {
+    std::env::var("LISTEN_MIN_RETRANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+fn listener(s: &Summary, netns: u32, port: u16) -> &ListenerRow {
+    s.listen
+        .listeners
+        .iter()
+        .find(|l| l.netns == netns && l.local == format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("no listener row for {port} in {netns}: {:?}", s.listen))
+}
+
+fn in_flight(s: &Summary, netns: u32) -> Vec<&InFlightRow> {
+    s.listen
+        .connects_in_flight
+        .iter()
+        .filter(|r| r.netns == netns)
+        .collect()
+}
+
+#[test]
+fn full_accept_queue_drops_on_that_listener_and_connects_stay_in_flight() {
+    let ns = Ns::create("full");
+    let inode = ns.namespace().inode;
+    let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    let since = std::time::Instant::now();
+    let (_full, _calm, _clients) = ns.run(|| {
+        let full = listen(7001, 1);
+        let calm = listen(7002, 128);
+        let clients: Vec<Socket> = (0..6).map(|_| connect_nonblocking(7001)).collect();
+        (full, calm, clients)
+    });
+    // Two handshakes complete (the queue holds backlog + 1); the other four
+    // SYNs are dropped. Wait past the first SYN retransmit (1 s) and read
+    // between kernel timers: the namespace's counters must not move while
+    // the report is taken.
+    let (s, drops, retrans) = wait_for(Duration::from_secs(20), || {
+        let before = (ns.tcpext("ListenDrops"), ns.tcpext("TCPSynRetrans"));
+        let s = t.summary(10).expect("summary");
+        let after = (ns.tcpext("ListenDrops"), ns.tcpext("TCPSynRetrans"));
+        let ready = before == after && after.1 >= min_retrans();
+        (ready, (s, after.0, after.1))
+    });
+    assert!(retrans >= 4, "no SYN retransmits yet: {retrans}");
+    let full = listener(&s, inode, 7001);
+    assert_eq!(
+        (full.accept_queue, full.accept_queue_limit),
+        (2, 1),
+        "{full:?}"
+    );
+    assert_eq!(ns.ss_listen(7001), (2, 1));
+    assert!(full.drops > 0);
+    assert_eq!(full.drops, drops, "sk_drops vs the namespace's ListenDrops");
+    assert_eq!(full.pid, Some(std::process::id()), "{full:?}");
+    let calm = listener(&s, inode, 7002);
+    assert_eq!(
+        (calm.accept_queue, calm.accept_queue_limit, calm.drops),
+        (0, 128, 0)
+    );
+    assert_eq!(ns.ss_listen(7002), (0, 128));
+    let flight = in_flight(&s, inode);
+    assert_eq!(flight.len(), 1, "{flight:?}");
+    assert_eq!(
+        (flight[0].peer.as_str(), flight[0].connects),
+        ("127.0.0.1:7001", 4)
+    );
+    assert_eq!(
+        flight[0].syn_retransmits, retrans,
+        "SYN retransmits vs TCPSynRetrans"
+    );
+    // Ages from the kernel side's birth time: past the first retransmit
+    // (1 s), and no older than the test's own clock since the connects.
+    let (oldest, youngest) = (flight[0].oldest_s.unwrap(), flight[0].youngest_s.unwrap());
+    assert_eq!(flight[0].ages_known, 4);
+    assert!(
+        youngest >= 1.0 && oldest <= since.elapsed().as_secs_f64(),
+        "{flight:?}"
+    );
+    let text = tracer::report::render_text(&s);
+    let warning = "WARNING: listener 127.0.0.1:7001 ";
+    let line = text.lines().find(|l| l.contains(warning)).expect(&text);
+    assert!(
+        line.contains("accept queue 2 of 1") && line.contains("somaxconn 4096"),
+        "{line}"
+    );
+    assert!(!text.contains("WARNING: listener 127.0.0.1:7002 "));
+    let json = serde_json::to_value(&s).unwrap();
+    let rows = json["listeners"].as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["netns"] == inode && r["local"] == "127.0.0.1:7001")
+        .unwrap();
+    assert_eq!(row["drops"], drops);
+    assert_eq!(
+        json["connects_in_flight"].as_array().unwrap().len(),
+        s.listen.connects_in_flight.len()
+    );
+    if std::env::var_os("LISTEN_SHOW").is_some() {
+        println!(
+            "{text}\n{}",
+            serde_json::to_string_pretty(&json["listeners"]).unwrap()
+        );
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json["connects_in_flight"]).unwrap()
+        );
+        println!("{}", ns.exec(&["ss", "-ltn"]));
+        println!(
+            "{}",
+            ns.exec(&[
+                "nstat",
+                "-az",
+                "TcpExtListenOverflows",
+                "TcpExtListenDrops",
+                "TcpExtTCPSynRetrans"
+            ])
+        );
+    }
+}
+
+#[test]
+fn slow_acceptor_queue_matches_ss() {
+    let ns = Ns::create("slow");
+    let inode = ns.namespace().inode;
+    let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    let (_l, _clients, _accepted) = ns.run(|| {
+        let l = listen(7003, 16);
+        let clients: Vec<std::net::TcpStream> = (0..5)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", 7003)).unwrap())
+            .collect();
+        let accepted: Vec<_> = (0..2).map(|_| l.accept().unwrap().0).collect();
+        (l, clients, accepted)
+    });
+    let s = t.summary(10).expect("summary");
+    let row = listener(&s, inode, 7003);
+    assert_eq!(
+        (row.accept_queue, row.accept_queue_limit, row.drops),
+        (3, 16, 0)
+    );
+    assert_eq!(ns.ss_listen(7003), (3, 16));
+    assert!(!row.in_trouble());
+    assert!(in_flight(&s, inode).is_empty());
+}

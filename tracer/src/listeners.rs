@@ -1,0 +1,427 @@
+//! The server half of the handshake and connects still in flight, read from
+//! sock_diag in every network namespace at report time:
+//!
+//! - every listening socket with its accept queue now (idiag_rqueue), its
+//!   limit (idiag_wqueue: the listen() backlog capped by somaxconn), and the
+//!   SYNs / final ACKs the kernel refused on it (`sk_drops`, which
+//!   `tcp_listendrop()` increments on the listener itself and sock_diag
+//!   reports as SK_MEMINFO_DROPS), with its owner from /proc;
+//! - SYN_SENT sockets grouped per (namespace, destination), with the SYNs
+//!   retransmitted so far (the retransmit timer's count).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::fd::BorrowedFd,
+};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::state;
+
+use crate::{
+    diag::{self, DiagDetail},
+    diag_storage,
+    filter::FilterSpec,
+    model, netns, procs,
+};
+
+/// The sysctls that bound a listener's queues, per namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListenSysctls {
+    /// net.core.somaxconn: the cap on every listen() backlog.
+    pub somaxconn: Option<u32>,
+    /// net.ipv4.tcp_max_syn_backlog: the SYN (request) queue limit.
+    pub tcp_max_syn_backlog: Option<u32>,
+    /// net.ipv4.tcp_syncookies: 0 off, 1 when the SYN queue overflows, 2 always.
+    pub tcp_syncookies: Option<u32>,
+}
+
+impl ListenSysctls {
+    /// Read in the calling thread's network namespace.
+    pub fn read() -> Self {
+        let get = |path: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/{path}"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        };
+        ListenSysctls {
+            somaxconn: get("core/somaxconn"),
+            tcp_max_syn_backlog: get("ipv4/tcp_max_syn_backlog"),
+            tcp_syncookies: get("ipv4/tcp_syncookies"),
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListenerRow {
+    pub netns: u32,
+    pub local: String,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Connections waiting for accept() now (`ss -ltn` Recv-Q).
+    pub accept_queue: u32,
+    /// The accept queue's limit (`ss -ltn` Send-Q): min(backlog, somaxconn).
+    pub accept_queue_limit: u32,
+    /// SYNs and final ACKs dropped on this listener since listen()
+    /// (`sk_drops`; the host-wide ListenDrops counts the same events).
+    pub drops: u64,
+    #[serde(skip)]
+    pub inode: u32,
+}
+
+impl ListenerRow {
+    /// Full now, or refused something.
+    pub fn in_trouble(&self) -> bool {
+        self.drops > 0 || self.accept_queue > self.accept_queue_limit
+    }
+}
+
+/// SYN_SENT sockets to one destination.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InFlightRow {
+    pub netns: u32,
+    pub peer: String,
+    /// Connects to it in SYN_SENT now.
+    pub connects: u64,
+    /// SYN retransmits so far, summed over them, and the most of any one.
+    pub syn_retransmits: u64,
+    pub syn_retransmits_max: u64,
+    /// The soonest next retransmit (or timeout), ms.
+    pub next_timer_ms: Option<u64>,
+    /// Age of the oldest and youngest of them, s (since connect(), from the
+    /// kernel side's per-socket birth time); null when none is known (the
+    /// connect predates the tracer, or the namespace was read without it).
+    pub oldest_s: Option<f64>,
+    pub youngest_s: Option<f64>,
+    /// How many of `connects` have a known age.
+    pub ages_known: u64,
+}
+
+/// What the report shows of listeners and connects in flight.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Listeners {
+    pub listeners: Vec<ListenerRow>,
+    pub connects_in_flight: Vec<InFlightRow>,
+    /// Per namespace read.
+    pub listen_sysctls: BTreeMap<u32, ListenSysctls>,
+}
+
+impl Listeners {
+    /// One `WARNING:` line per listener that is full or dropped anything.
+    pub fn warnings(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter(|l| l.in_trouble())
+            .map(|l| warning(l, self.listen_sysctls.get(&l.netns)))
+            .collect()
+    }
+}
+
+fn opt(v: Option<u32>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
+
+fn warning(l: &ListenerRow, s: Option<&ListenSysctls>) -> String {
+    let s = s.cloned().unwrap_or_default();
+    format!(
+        "WARNING: listener {} ({}) accept queue {} of {}, {} SYNs/ACKs dropped since listen(): \
+         listen() backlog {} (capped by net.core.somaxconn {}), tcp_max_syn_backlog {}, \
+         tcp_syncookies {} (netns {})",
+        l.local,
+        l.comm.as_deref().unwrap_or("?"),
+        l.accept_queue,
+        l.accept_queue_limit,
+        l.drops,
+        l.accept_queue_limit,
+        opt(s.somaxconn),
+        opt(s.tcp_max_syn_backlog),
+        opt(s.tcp_syncookies),
+        l.netns,
+    )
+}
+
+/// Socket cookie → age in ns of the connects whose birth the kernel side saw.
+pub type Ages = HashMap<u64, u64>;
+
+/// Fold one namespace's sock_diag answer in.
+pub fn add_namespace(
+    out: &mut Listeners,
+    netns: u32,
+    sockets: &[DiagDetail],
+    ages: &Ages,
+    f: &FilterSpec,
+) {
+    let mut flight: BTreeMap<String, InFlightRow> = BTreeMap::new();
+    for d in sockets {
+        let s = &d.socket;
+        match s.state {
+            state::LISTEN if listener_matches(f, d) => out.listeners.push(ListenerRow {
+                netns,
+                local: model::endpoint(s.src, s.sport),
+                accept_queue: d.recv_queue,
+                accept_queue_limit: d.send_queue,
+                drops: d.drops.into(),
+                inode: s.inode,
+                ..Default::default()
+            }),
+            state::SYN_SENT if f.matches_socket(s) => {
+                let peer = model::endpoint(s.dst, s.dport);
+                let row = flight.entry(peer.clone()).or_insert(InFlightRow {
+                    netns,
+                    peer,
+                    ..Default::default()
+                });
+                row.connects += 1;
+                row.syn_retransmits += u64::from(d.retransmits);
+                row.syn_retransmits_max = row.syn_retransmits_max.max(d.retransmits.into());
+                row.next_timer_ms = merge(row.next_timer_ms, d.timer_ms, u64::min);
+                if let Some(age) = ages.get(&s.cookie).map(|ns| *ns as f64 / 1e9) {
+                    row.ages_known += 1;
+                    row.oldest_s = merge(row.oldest_s, Some(age), f64::max);
+                    row.youngest_s = merge(row.youngest_s, Some(age), f64::min);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.connects_in_flight.extend(flight.into_values());
+}
+
+fn merge<T>(a: Option<T>, b: Option<T>, pick: fn(T, T) -> T) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(pick(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn listener_matches(f: &FilterSpec, d: &DiagDetail) -> bool {
+    let port = d.socket.sport;
+    let v6 = d.socket.src.is_ipv6();
+    f.port.is_none_or(|p| p == port)
+        && f.lport.is_none_or(|p| p == port)
+        && f.rport.is_none()
+        && f.family
+            .is_none_or(|fam| (fam == crate::filter::Family::Ipv6) == v6)
+}
+
+/// The sock_diag states read.
+pub fn states() -> u32 {
+    diag::states(&[state::LISTEN, state::SYN_SENT])
+}
+
+/// Read every namespace of `d` (the own one directly, others from inside);
+/// namespaces that cannot be entered are already in the population's
+/// coverage and contribute no rows here.
+/// `storage` is the kernel side's socket storage map (for connect ages),
+/// `now_ns` CLOCK_MONOTONIC.
+pub fn read(
+    d: &netns::Discovery,
+    f: &FilterSpec,
+    storage: Option<BorrowedFd<'_>>,
+    now_ns: u64,
+) -> Listeners {
+    let mut out = Listeners::default();
+    let one = || -> Result<_, diag::DiagError> {
+        let sockets = diag::dump_detail(states())?;
+        Ok((sockets, ListenSysctls::read(), ages(storage, now_ns)))
+    };
+    for ns in &d.namespaces {
+        let got = if ns.inode == d.own {
+            Ok(one())
+        } else {
+            netns::within(ns, one)
+        };
+        match got {
+            Ok(Ok((sockets, sysctls, ages))) => {
+                add_namespace(&mut out, ns.inode, &sockets, &ages, f);
+                out.listen_sysctls.insert(ns.inode, sysctls);
+            }
+            Ok(Err(e)) => log::debug!("listeners in netns {}: {e}", ns.inode),
+            Err(e) => log::debug!("listeners in netns {}: {e}", ns.inode),
+        }
+    }
+    resolve_owners(&mut out.listeners);
+    sort(&mut out);
+    out
+}
+
+/// Ages of this namespace's SYN_SENT sockets (sock_diag answers with the
+/// storage of the namespace it is asked in). A failure costs the ages only.
+fn ages(storage: Option<BorrowedFd<'_>>, now_ns: u64) -> Ages {
+    let Some(fd) = storage else {
+        return Ages::new();
+    };
+    match diag_storage::states_by_cookie(fd, diag::states(&[state::SYN_SENT])) {
+        Ok(m) => m
+            .into_iter()
+            .filter(|(_, st)| st.ts_birth != 0)
+            .map(|(c, st)| (c, now_ns.saturating_sub(st.ts_birth)))
+            .collect(),
+        Err(e) => {
+            log::debug!("connect ages: {e}");
+            Ages::new()
+        }
+    }
+}
+
+fn resolve_owners(rows: &mut [ListenerRow]) {
+    let inodes: Vec<u32> = rows.iter().map(|l| l.inode).filter(|i| *i != 0).collect();
+    let owners = procs::socket_owners(&inodes);
+    for l in rows {
+        if let Some(o) = owners.get(&l.inode) {
+            l.pid = Some(o.tgid);
+            l.comm = Some(model::comm_str(&o.comm));
+        }
+    }
+}
+
+/// Troubled listeners and the most connects first.
+fn sort(out: &mut Listeners) {
+    out.listeners.sort_by(|a, b| {
+        (b.drops, b.accept_queue, a.netns, &a.local).cmp(&(
+            a.drops,
+            a.accept_queue,
+            b.netns,
+            &b.local,
+        ))
+    });
+    out.connects_in_flight
+        .sort_by(|a, b| (b.connects, a.netns, &a.peer).cmp(&(a.connects, b.netns, &b.peer)));
+}
+
+/// The report's Listeners and Connects-in-flight sections.
+pub fn render(o: &mut String, l: &Listeners) {
+    use std::fmt::Write as _;
+    let _ = writeln!(o, "\nListeners (sock_diag now)");
+    if l.listeners.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for r in &l.listeners {
+        let owner = match (r.pid, &r.comm) {
+            (Some(p), Some(c)) => format!("{c}/{p}"),
+            _ => "?".into(),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<28} {:<20} accept queue {:>5} of {:<5} drops {:>6}  netns {}",
+            r.local, owner, r.accept_queue, r.accept_queue_limit, r.drops, r.netns
+        );
+    }
+    for w in l.warnings() {
+        let _ = writeln!(o, "  {w}");
+    }
+    let _ = writeln!(o, "\nConnects in flight (SYN_SENT now)");
+    if l.connects_in_flight.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for r in &l.connects_in_flight {
+        let _ = writeln!(
+            o,
+            "  {} connects to {} in SYN_SENT{}, {} SYN retransmits (at most {} each), next timer in {} ms  netns {}",
+            r.connects,
+            r.peer,
+            age_text(r),
+            r.syn_retransmits,
+            r.syn_retransmits_max,
+            r.next_timer_ms.map_or("?".into(), |v| v.to_string()),
+            r.netns
+        );
+    }
+}
+
+/// " for 3.2 s" (all of one age), " for 1.0-3.2 s", "" when unknown.
+fn age_text(r: &InFlightRow) -> String {
+    match (r.youngest_s, r.oldest_s) {
+        (Some(y), Some(o)) if o - y < 0.05 => format!(" for {o:.1} s"),
+        (Some(y), Some(o)) => format!(" for {y:.1}-{o:.1} s"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::DiagSocket;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn sock(state: u8, sport: u16, dport: u16, retrans: u8, q: (u32, u32, u32)) -> DiagDetail {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        DiagDetail {
+            socket: DiagSocket {
+                state,
+                src: ip,
+                sport,
+                dst: ip,
+                dport,
+                cookie: 0,
+                inode: 0,
+                uid: 0,
+            },
+            recv_queue: q.0,
+            send_queue: q.1,
+            drops: q.2,
+            retransmits: retrans,
+            timer_ms: Some(1000 + u64::from(sport)),
+        }
+    }
+
+    #[test]
+    fn folds_listeners_and_groups_connects_per_destination() {
+        let mut l = Listeners::default();
+        let socks = [
+            sock(state::LISTEN, 80, 0, 0, (2, 1, 16)),
+            sock(state::LISTEN, 81, 0, 0, (0, 128, 0)),
+            sock(state::SYN_SENT, 40000, 80, 2, (0, 0, 0)),
+            sock(state::SYN_SENT, 40001, 80, 3, (0, 0, 0)),
+            sock(state::SYN_SENT, 40002, 81, 0, (0, 0, 0)),
+        ];
+        let ages = Ages::from([(0, 3_200_000_000)]);
+        add_namespace(&mut l, 7, &socks, &ages, &FilterSpec::default());
+        sort(&mut l);
+        assert_eq!(l.listeners.len(), 2);
+        assert_eq!(
+            (l.listeners[0].local.as_str(), l.listeners[0].drops),
+            ("10.0.0.1:80", 16)
+        );
+        assert!(l.listeners[0].in_trouble() && !l.listeners[1].in_trouble());
+        let f = &l.connects_in_flight[0];
+        assert_eq!(
+            (f.peer.as_str(), f.connects, f.syn_retransmits),
+            ("10.0.0.1:80", 2, 5)
+        );
+        assert_eq!((f.syn_retransmits_max, f.next_timer_ms), (3, Some(41000)));
+        assert_eq!(l.connects_in_flight[1].connects, 1);
+        // Every test socket has cookie 0: each connect has the known age.
+        assert_eq!(
+            (f.ages_known, f.oldest_s, f.youngest_s),
+            (2, Some(3.2), Some(3.2))
+        );
+        let mut text = String::new();
+        render(&mut text, &l);
+        assert!(text.contains("2 connects to 10.0.0.1:80 in SYN_SENT for 3.2 s, 5 SYN retransmits"));
+        let w = l.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("WARNING: listener 10.0.0.1:80 (?) accept queue 2 of 1, 16"));
+        assert!(w[0].contains("somaxconn ?"));
+    }
+
+    #[test]
+    fn listener_filter_is_by_local_port() {
+        let mut l = Listeners::default();
+        let f = FilterSpec {
+            lport: Some(81),
+            ..Default::default()
+        };
+        let socks = [
+            sock(state::LISTEN, 80, 0, 0, (0, 1, 0)),
+            sock(state::LISTEN, 81, 0, 0, (0, 1, 0)),
+        ];
+        add_namespace(&mut l, 1, &socks, &Ages::new(), &f);
+        assert_eq!(l.listeners.len(), 1);
+        assert_eq!(l.listeners[0].local, "10.0.0.1:81");
+    }
+}
