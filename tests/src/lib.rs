@@ -335,3 +335,82 @@ pub fn wait_until_unloaded(
         (left.is_empty(), left)
     })
 }
+
+/// `tracer serve` on a free loopback port with `args` (filters,
+/// `--top-peers`), once it answers; killed on drop.
+pub fn start_exporter(args: &[&str]) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = std::process::Command::new(tracer_bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("tracer serve");
+    let guard = KillOnDrop(child);
+    let up = wait_for(Duration::from_secs(20), || {
+        let ok = scrape(port).is_some();
+        (ok, ok)
+    });
+    assert!(up, "the exporter never answered on port {port}");
+    (guard, port)
+}
+
+/// The exporter's /metrics on `port`, if it answers.
+pub fn scrape(port: u16) -> Option<String> {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()
+}
+
+/// One network namespace `<prefix>-<pid>-<test>` with loopback up, deleted
+/// on drop.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn create(prefix: &str, test: &str) -> Self {
+        let name = format!("{prefix}-{}-{test}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        TestNetns { name }
+    }
+
+    pub fn namespace(&self) -> tracer::netns::Namespace {
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        tracer::netns::Namespace {
+            inode: tracer::netns::inode_of(&path).expect("namespace inode"),
+            mounts: vec![path],
+            names: vec![self.name.clone()],
+            ..Default::default()
+        }
+    }
+
+    /// `f` run inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        tracer::netns::within(&self.namespace(), f).expect("entering the namespace")
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -7,54 +7,32 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use integration_tests::wait_for;
+use integration_tests::{wait_for, TestNetns};
 use socket2::{Domain, Socket, Type};
 use tracer::{
     filter::FilterSpec,
     listeners::{InFlightRow, ListenerRow},
-    netns::{self, Namespace},
     report::Summary,
     Tracer,
 };
 
-/// One namespace, deleted on drop.
-struct Ns {
-    name: String,
+/// The test's namespace, with `ss` and `nstat` run inside it.
+struct Ns(TestNetns);
+
+impl std::ops::Deref for Ns {
+    type Target = TestNetns;
+    fn deref(&self) -> &TestNetns {
+        &self.0
+    }
 }
 
 impl Ns {
     fn create(test: &str) -> Self {
-        let name = format!("listen-{}-{test}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        for args in [
-            vec!["netns", "add", &name],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-        ] {
-            assert!(Command::new("ip").args(&args).status().unwrap().success());
-        }
-        Ns { name }
-    }
-
-    fn namespace(&self) -> Namespace {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        Namespace {
-            inode: netns::inode_of(&path).expect("namespace inode"),
-            mounts: vec![path],
-            names: vec![self.name.clone()],
-            ..Default::default()
-        }
-    }
-
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        netns::within(&self.namespace(), f).expect("entering the namespace")
+        Ns(TestNetns::create("listen", test))
     }
 
     fn exec(&self, cmd: &[&str]) -> String {
@@ -89,14 +67,6 @@ impl Ns {
         let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
         let i = names.split_whitespace().position(|n| n == name).unwrap();
         values.split_whitespace().nth(i).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

@@ -9,16 +9,14 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use integration_tests::{connect_from, free_port, tracer_bin, wait_for, KillOnDrop};
+use integration_tests::{connect_from, scrape, start_exporter, wait_for, KillOnDrop, TestNetns};
 use tracer::{
     filter::FilterSpec,
     model::{add_flow_stats, Snapshot},
-    netns::{self, Namespace},
+    netns,
     report::{peer_groups, Summary},
     Tracer,
 };
@@ -27,46 +25,7 @@ use tracer_common::{close, counter, hist_kind, state, FlowStats};
 const PORT: u16 = 9300;
 const HOT: Ipv4Addr = Ipv4Addr::new(127, 2, 0, 9);
 
-/// A namespace with loopback up, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(test: &str) -> Self {
-        let name = format!("heavy-{}-{test}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        for args in [
-            vec!["netns", "add", &name],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-        ] {
-            let out = Command::new("ip").args(&args).output().expect("ip");
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        }
-        Netns { name }
-    }
-
-    fn namespace(&self) -> Namespace {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        Namespace {
-            inode: netns::inode_of(&path).expect("namespace inode"),
-            mounts: vec![path],
-            names: vec![self.name.clone()],
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
+type Netns = TestNetns;
 
 /// The i-th distinct peer: 127.1.x.y, never .0 or .255.
 fn distinct(i: u32) -> Ipv4Addr {
@@ -180,7 +139,7 @@ fn settled(t: &Tracer, n: u64) -> (Snapshot, Summary) {
 
 #[test]
 fn a_heavy_peer_after_17000_distinct_ones_ranks_first_with_its_exact_count() {
-    let ns = Netns::create("top");
+    let ns = Netns::create("heavy", "top");
     let filter = FilterSpec {
         netns: Some(ns.namespace().inode),
         ..Default::default()
@@ -244,31 +203,8 @@ fn a_heavy_peer_after_17000_distinct_ones_ranks_first_with_its_exact_count() {
     assert_eq!(by_peer, s.connects.established + s.accepts.established);
 }
 
-/// `tracer serve` for the namespace on a free loopback port.
 fn exporter(ns: &Netns, top_peers: u16) -> (KillOnDrop, u16) {
-    let port = free_port();
-    let child = Command::new(tracer_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--netns", &ns.name, "--top-peers", &top_peers.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tracer serve");
-    let guard = KillOnDrop(child);
-    let up = wait_for(Duration::from_secs(20), || {
-        let ok = scrape(port).is_some();
-        (ok, ok)
-    });
-    assert!(up, "the exporter never answered on port {port}");
-    (guard, port)
-}
-
-fn scrape(port: u16) -> Option<String> {
-    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()
+    start_exporter(&["--netns", &ns.name, "--top-peers", &top_peers.to_string()])
 }
 
 /// `tcp_tracer_peer_connections_total` by peer, and the established total.
@@ -289,7 +225,7 @@ fn peer_series(text: &str) -> (Vec<(String, u64)>, u64) {
 
 #[test]
 fn the_exporter_gives_a_peer_that_turns_hot_its_own_series() {
-    let ns = Netns::create("prom");
+    let ns = Netns::create("heavy", "prom");
     let top = 3;
     let (_serve, port) = exporter(&ns, top);
     let mut last: Vec<(String, u64)> = Vec::new();

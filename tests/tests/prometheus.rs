@@ -10,35 +10,13 @@ use std::{
 };
 
 use integration_tests::{
-    connect_from, ensure_debian_package, free_port, tracer_bin, wait_for, KillOnDrop, Subnet,
-    Workload,
+    connect_from, ensure_debian_package, free_port, scrape, start_exporter, tracer_bin, wait_for,
+    KillOnDrop, Subnet, Workload,
 };
 
 /// `tracer serve` on a free loopback port, filtered to `cidr`.
-fn start_exporter(cidr: &str, top_peers: u16) -> (KillOnDrop, u16) {
-    let port = free_port();
-    let child = Command::new(tracer_bin())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--addr", cidr, "--top-peers", &top_peers.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tracer serve");
-    let guard = KillOnDrop(child);
-    let up = wait_for(Duration::from_secs(20), || {
-        let ok = scrape(port).is_some();
-        (ok, ok)
-    });
-    assert!(up, "the exporter never answered on port {port}");
-    (guard, port)
-}
-
-fn scrape(port: u16) -> Option<String> {
-    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()
+fn exporter(cidr: &str, top_peers: u16) -> (KillOnDrop, u16) {
+    start_exporter(&["--addr", cidr, "--top-peers", &top_peers.to_string()])
 }
 
 /// One instant query: the value of the single result (None: no result).
@@ -68,7 +46,7 @@ impl Drop for TempDir {
 fn a_real_prometheus_scrapes_the_workloads_numbers() {
     ensure_debian_package("prometheus", "prometheus").expect("prometheus installed");
     let net = Subnet::unique(20);
-    let (_exporter, port) = start_exporter(&net.cidr(), 5);
+    let (_exporter, port) = exporter(&net.cidr(), 5);
 
     let dir = TempDir(std::env::temp_dir().join(format!("tcp-tracer-prom-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
@@ -173,7 +151,7 @@ fn a_real_prometheus_scrapes_the_workloads_numbers() {
 #[test]
 fn peer_labels_are_bounded_to_n_plus_other() {
     let net = Subnet::unique(21);
-    let (_exporter, port) = start_exporter(&net.cidr(), 3);
+    let (_exporter, port) = exporter(&net.cidr(), 3);
     let listeners: Vec<TcpListener> = (0..5)
         .map(|_| TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap())
         .collect();
