@@ -152,19 +152,32 @@ fn thread_cpu_ns() -> u64 {
 /// The background harvest: a thread that harvests every interval until
 /// dropped.
 pub struct HarvestThread {
-    stop: Option<mpsc::Sender<()>>,
+    /// Dropped to stop the thread; a message asks it to follow the
+    /// capability drop now and answer on the enclosed sender.
+    control: Option<mpsc::Sender<mpsc::Sender<()>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HarvestThread {
     pub fn spawn(h: Arc<Mutex<Harvester>>) -> std::io::Result<Self> {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (control, requests) = mpsc::channel::<mpsc::Sender<()>>();
         let handle = std::thread::Builder::new()
             .name("flow-harvest".into())
             .spawn(move || {
                 let mut wait = HARVEST_INTERVAL;
                 let mut last = Instant::now();
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                loop {
+                    match requests.recv_timeout(wait) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Ok(ack) => {
+                            // Started before the mode dropped its
+                            // capabilities: keep no more than it does.
+                            crate::privs::follow_drop();
+                            let _ = ack.send(());
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                     let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
                     let since = last.elapsed();
                     last = Instant::now();
@@ -179,15 +192,26 @@ impl HarvestThread {
                 }
             })?;
         Ok(HarvestThread {
-            stop: Some(stop),
+            control: Some(control),
             handle: Some(handle),
         })
+    }
+
+    /// Make the thread take the capabilities the mode kept
+    /// (`privs::drop_after_attach`), and wait until it has.
+    pub fn follow_drop(&self) {
+        let (ack, done) = mpsc::channel();
+        if let Some(c) = &self.control {
+            if c.send(ack).is_ok() {
+                let _ = done.recv();
+            }
+        }
     }
 }
 
 impl Drop for HarvestThread {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        drop(self.control.take());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }

@@ -96,6 +96,32 @@ pub fn drop_after_attach(mode: Mode, map_read: impl Fn() -> bool) -> Result<Drop
             keep.insert(Capability::CAP_BPF);
         }
     }
+    restrict_this_thread(&keep, &permitted)?;
+    // Threads started before the drop (the flow harvest) follow it.
+    let _ = KEPT.set(keep.clone());
+    Ok(Dropped { before, kept: keep })
+}
+
+/// What the drop kept, once it happened: threads started before it apply
+/// it to themselves (capabilities are per thread).
+static KEPT: std::sync::OnceLock<CapsHashSet> = std::sync::OnceLock::new();
+
+/// For a thread started before the drop: once the drop has happened, take
+/// the same capabilities (and no more); true when done.
+pub fn follow_drop() -> bool {
+    let Some(keep) = KEPT.get() else {
+        return false;
+    };
+    let permitted = caps::read(None, CapSet::Permitted).unwrap_or_default();
+    if let Err(e) = restrict_this_thread(keep, &permitted) {
+        log::warn!("dropping this thread's capabilities: {e}");
+    }
+    true
+}
+
+/// Shrink this thread's bounding set (where CAP_SETPCAP allows), clear its
+/// ambient and inheritable sets, set no_new_privs and keep only `keep`.
+fn restrict_this_thread(keep: &CapsHashSet, permitted: &CapsHashSet) -> Result<(), PrivError> {
     // The bounding set can only shrink while CAP_SETPCAP is effective.
     if permitted.contains(&Capability::CAP_SETPCAP) {
         for c in caps::read(None, CapSet::Bounding)? {
@@ -107,9 +133,9 @@ pub fn drop_after_attach(mode: Mode, map_read: impl Fn() -> bool) -> Result<Drop
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
     set_no_new_privs();
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
-    Ok(Dropped { before, kept: keep })
+    caps::set(None, CapSet::Effective, keep)?;
+    caps::set(None, CapSet::Permitted, keep)?;
+    Ok(())
 }
 
 fn set_no_new_privs() {

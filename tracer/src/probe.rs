@@ -241,7 +241,7 @@ impl Default for ProbeOptions {
 /// The loaded and attached programs, and the flow table's harvest.
 /// Dropping it stops the harvest, detaches and unloads them.
 pub struct Probe {
-    _harvest_thread: HarvestThread,
+    harvest_thread: HarvestThread,
     harvest: Arc<Mutex<Harvester>>,
     ebpf: Ebpf,
 }
@@ -291,10 +291,15 @@ impl Probe {
         let thread = HarvestThread::spawn(harvest.clone())
             .map_err(|e| ProbeError::Harvest(anyhow::anyhow!("starting its thread: {e}")))?;
         Ok(Probe {
-            _harvest_thread: thread,
+            harvest_thread: thread,
             harvest,
             ebpf,
         })
+    }
+
+    /// The harvest thread takes the capabilities the mode kept.
+    pub fn harvest_follows_drop(&self) {
+        self.harvest_thread.follow_drop();
     }
 
     /// Harvest the kernel flow table now (the background harvest does it

@@ -63,6 +63,7 @@ impl StopSignals {
 /// attached and open (see `privs`).
 pub(crate) fn drop_privileges(t: &Tracer, mode: privs::Mode) -> anyhow::Result<()> {
     let d = privs::drop_after_attach(mode, || t.snapshot().is_ok())?;
+    t.probe.harvest_follows_drop();
     log::info!(
         "capabilities after attach: {} (before: {})",
         privs::describe(&d.kept),
