@@ -97,7 +97,7 @@ impl Harvester {
     /// Move every kernel row of a past generation into the ledger. Returns
     /// the rows moved.
     pub fn harvest(&mut self) -> anyhow::Result<u64> {
-        let cpu0 = thread_cpu_ns();
+        let cpu0 = crate::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
         let next = self.gen.wrapping_add(1);
         self.gen_map.set(0, next, 0)?;
         self.gen = next;
@@ -120,7 +120,7 @@ impl Harvester {
         self.stats.harvests += 1;
         self.stats.rows += n;
         self.stats.max_rows = self.stats.max_rows.max(n);
-        self.stats.cpu_ns += thread_cpu_ns().saturating_sub(cpu0);
+        self.stats.cpu_ns += crate::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(cpu0);
         Ok(n)
     }
 
@@ -136,17 +136,6 @@ impl Harvester {
         let fill = Duration::from_secs_f64(f64::from(self.kernel_rows / 8) / per_s.max(1.0));
         fill.clamp(HARVEST_INTERVAL_BUSY, HARVEST_INTERVAL)
     }
-}
-
-/// CPU time of the calling thread, ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The background harvest: a thread that harvests every interval until

@@ -72,12 +72,17 @@ impl Default for SummaryOptions {
 
 /// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `clock` now, in ns.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -93,6 +98,12 @@ impl Tracer {
     /// owns the listening sockets that already exist.
     pub fn start(filter: FilterSpec, emit_events: bool, ring_bytes: u32) -> anyhow::Result<Self> {
         Self::start_with_btf(filter, emit_events, ring_bytes, None)
+    }
+
+    /// Attached with events off, for the modes that only aggregate
+    /// (summary, serve): the ring buffer stays at its one-page minimum.
+    pub fn aggregating(filter: &cli::FilterArgs) -> anyhow::Result<Self> {
+        Self::start_with_btf(filter.spec()?, false, IDLE_RING_BYTES, filter.btf.clone())
     }
 
     /// `start`, reading kernel BTF from `btf_path` when given (`--btf`).
@@ -396,6 +407,10 @@ pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
 
 /// The ring buffer's size (KiB) when no `--ring-kib` is given.
 pub const DEFAULT_RING_KIB: u32 = 4096;
+
+/// The ring buffer's size (bytes) when no events are sent: one page, the
+/// kernel's minimum.
+pub const IDLE_RING_BYTES: u32 = 4096;
 
 /// net.ipv4.ip_local_port_range (`DEFAULT_PORT_RANGE` if unreadable).
 pub fn ephemeral_range() -> (u16, u16) {

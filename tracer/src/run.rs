@@ -181,12 +181,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
-    let tracer = Tracer::start_with_btf(
-        args.filter.spec()?,
-        false,
-        crate::DEFAULT_RING_KIB,
-        args.filter.btf.clone(),
-    )?;
+    let tracer = Tracer::aggregating(&args.filter)?;
     drop_privileges(&tracer, privs::Mode::Summary)?;
     match args.duration {
         Some(d) => eprintln!(

@@ -128,12 +128,7 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let tracer = Tracer::start_with_btf(
-        args.filter.spec()?,
-        false,
-        crate::DEFAULT_RING_KIB,
-        args.filter.btf.clone(),
-    )?;
+    let tracer = Tracer::aggregating(&args.filter)?;
     // Run-time statistics for the cost metrics, only when asked: they time
     // every BPF program on the host (the benchmarks measured the exporter's
     // churn cost with them on). Otherwise they count while
