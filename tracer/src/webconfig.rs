@@ -570,6 +570,27 @@ mod tests {
         );
     }
 
+    /// The README's example file is one this parser takes, and its hash is
+    /// the password it names.
+    #[test]
+    fn the_readmes_example_file_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("# /etc/tcp-tracer/web.yml\n").expect("example");
+        let text = &readme[start..start + readme[start..].find("```").unwrap()];
+        let p = parse(text, Path::new("/etc/tcp-tracer")).unwrap();
+        let tls = p.tls.unwrap();
+        assert_eq!(
+            tls.cert,
+            Some(Source::File("/etc/tcp-tracer/server.crt".into()))
+        );
+        assert_eq!(
+            (tls.client_auth, tls.tls13_only),
+            (ClientAuth::NoClientCert, false)
+        );
+        assert!(bcrypt::verify("example", &p.users["prometheus"]).unwrap());
+        assert_eq!(p.headers.len(), 2);
+    }
+
     #[test]
     fn empty_files_and_sections_mean_plain_http_without_auth() {
         for text in [
