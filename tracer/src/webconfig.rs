@@ -416,12 +416,19 @@ pub fn server_config(spec: &TlsSpec) -> anyhow::Result<ServerConfig> {
 }
 
 /// Basic-auth checks: bcrypt is slow by design (tens of ms at cost 10), so
-/// it runs on the blocking pool, and credentials that passed are
-/// remembered (a bounded set) so a scrape every few seconds pays once.
+/// it runs on the blocking pool, at most `VERIFY_AT_ONCE` at a time (a
+/// flood of wrong passwords costs two cores' worth at most, and the
+/// scrape's own blocking work still gets threads), and credentials that
+/// passed are remembered (a bounded set) so a scrape every few seconds
+/// pays once.
 pub struct Auth {
     users: BTreeMap<String, String>,
     passed: Mutex<std::collections::HashSet<(String, String)>>,
+    verifying: tokio::sync::Semaphore,
 }
+
+/// bcrypt verifications running at once.
+const VERIFY_AT_ONCE: usize = 2;
 
 /// Credentials remembered at most; the set starts over when full.
 const PASSED_MAX: usize = 64;
@@ -431,6 +438,7 @@ impl Auth {
         Arc::new(Auth {
             users,
             passed: Mutex::default(),
+            verifying: tokio::sync::Semaphore::new(VERIFY_AT_ONCE),
         })
     }
 
@@ -450,6 +458,9 @@ impl Auth {
         if self.lock().contains(&key) {
             return true;
         }
+        let Ok(_turn) = self.verifying.acquire().await else {
+            return false;
+        };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let ok = this.verify(&key.0, &key.1);
