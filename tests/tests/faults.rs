@@ -1,6 +1,7 @@
 //! Faults, injected into the real binary: stop signals at random moments in
 //! every mode, SIGKILL, missing or garbage kernel BTF, stdout full or
-//! closed, and the capabilities left after attach. Each test prints its rows
+//! closed, the capabilities left after attach, a ring-buffer overflow storm
+//! and an ephemeral-port exhaustion storm. Each test prints its rows
 //! of the fault table (`FAULT | fault | what the tracer did | figure`);
 //! `cargo xtask soak` collects them. `FAULT_TRIES` sets the tries per mode
 //! and signal (default 1; the soak runs 50).
@@ -577,4 +578,212 @@ fn capabilities_after_attach_in_every_mode() {
             );
         }
     }
+}
+
+/// The counts at the end of an events run: (printed, dropped by the ring,
+/// undecodable, transitions the kernel counted), from its closing line.
+fn events_accounting(stderr: &str) -> (u64, u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("events printed"))
+        .unwrap_or_else(|| panic!("no accounting line: {stderr}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 4, "{line}");
+    (n[0], n[1], n[2], n[3])
+}
+
+/// `n` loopback connections in `net` as fast as they go, each closed by the
+/// client first.
+fn burst(net: &Subnet, n: u64) {
+    let l = TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    for _ in 0..n {
+        let c = connect_from(net.client(), addr).unwrap();
+        let (a, _) = l.accept().unwrap();
+        drop(c);
+        drop(a);
+    }
+}
+
+/// Wait until every TCP socket of `server` (in `ns`, else here) is in
+/// TIME-WAIT or gone: on a loaded machine the burst's last ACKs may be
+/// processed by ksoftirqd after the syscalls returned, and the counts are
+/// read only once no transition is still to come.
+fn wait_settled(server: std::net::IpAddr, ns: Option<&bench::netns::NetNs>) {
+    let needle = format!("{server}:");
+    let busy = wait_for(Duration::from_secs(30), || {
+        let mut cmd = ns.map_or_else(|| Command::new("ss"), |n| n.command("ss"));
+        let out = cmd.args(["-Htan"]).output().expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let busy: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(&needle) && !l.starts_with("TIME-WAIT"))
+            .map(String::from)
+            .collect();
+        (busy.is_empty(), busy)
+    });
+    assert!(busy.is_empty(), "sockets still closing: {busy:#?}");
+}
+
+/// A ring buffer far too small for a burst, and a reader that cannot keep
+/// up (stdout is a pipe nobody reads until the burst is over, so the tracer
+/// blocks writing while the kernel keeps producing): every transition is
+/// either printed or counted as dropped, and a second tracer (summary) that
+/// watched the same burst counted the same transitions.
+#[test]
+fn ring_buffer_overflow_storm_loses_nothing_uncounted() {
+    const CONNS: u64 = 3000;
+    let net = Subnet::unique(55);
+    let mut summary = Run::start(
+        &[
+            "summary".into(),
+            "--json".into(),
+            "--addr".into(),
+            net.cidr(),
+        ],
+        |_| {},
+    );
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let args = ["events", "--json", "--ring-kib", "4", "--addr", &net.cidr()].map(String::from);
+    let mut events = Run::start(&args, |c| {
+        c.stdout(writer);
+    });
+    for (r, mode) in [(&summary, "summary"), (&events, "events")] {
+        let ready = r.line_at(ready_line(mode), Duration::from_secs(600));
+        assert!(ready.is_some(), "{mode}: {}", r.stderr());
+    }
+    burst(&net, CONNS);
+    let printed_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        reader.read_to_string(&mut s).unwrap();
+        s.lines().count() as u64
+    });
+    wait_settled(net.server(), None);
+    for r in [&summary, &events] {
+        signal(r.pid(), libc::SIGINT);
+    }
+    let (code, _) = events.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}", events.stderr());
+    assert!(
+        summary.wait_exit(Duration::from_secs(60)).0 == Some(0),
+        "{}",
+        summary.stderr()
+    );
+    let lines = printed_out.join().unwrap();
+    let (printed, dropped, bad, transitions) = events_accounting(&events.stderr());
+    let s: serde_json::Value = serde_json::from_str(&summary.stdout()).unwrap();
+    let watched = s["tracer"]["transitions_counted"].as_u64().unwrap();
+    assert_eq!(s["connects"]["attempts"], CONNS, "{s}");
+    assert_eq!(lines, printed, "lines on stdout vs. the count printed");
+    assert_eq!(bad, 0);
+    assert!(
+        dropped > 0,
+        "the storm never overflowed the ring ({printed} printed)"
+    );
+    assert_eq!(printed + dropped, transitions);
+    assert_eq!(transitions, watched, "the summary saw another number");
+    row(
+        "ring-buffer overflow storm (events, --ring-kib 4, stdout unread during the burst)",
+        "drops counted, run completes, exit 0",
+        &format!("{CONNS} connections: {printed} printed + {dropped} dropped = {transitions} transitions (a second tracer counted {watched})"),
+    );
+}
+
+/// Ephemeral ports exhausted: ten local ports, all left in TIME_WAIT, then a
+/// storm of connects that fail with EADDRNOTAVAIL. Each is counted as a
+/// failure of its own reason, globally and for its destination.
+#[test]
+fn ephemeral_port_exhaustion_storm_is_counted_by_reason() {
+    const PORTS: u64 = 10;
+    const STORM: u64 = 2000;
+    let net = Subnet::unique(56);
+    let ns = bench::netns::NetNs::create(&format!("webcfg-ports-{}", std::process::id()))
+        .expect("netns");
+    ns.sysctl(
+        "net.ipv4.ip_local_port_range",
+        &format!("40000 {}", 40000 + PORTS - 1),
+    )
+    .unwrap();
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").unwrap();
+    let mut run = Run::start(
+        &[
+            "summary".into(),
+            "--json".into(),
+            "--addr".into(),
+            net.cidr(),
+        ],
+        |_| {},
+    );
+    assert!(
+        run.line_at(ready_line("summary"), Duration::from_secs(600))
+            .is_some(),
+        "{}",
+        run.stderr()
+    );
+    let (server, port) = (net.server(), 9000);
+    let script = format!(
+        "import socket,errno\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('{server}',{port})); s.listen(64)\n\
+         for _ in range({PORTS}):\n    c=socket.socket(); c.connect(('{server}',{port})); a,_=s.accept(); c.close(); a.recv(1); a.close()\n\
+         f=0\n\
+         for _ in range({STORM}):\n    c=socket.socket()\n    \
+         try:\n        c.connect(('{server}',{port}))\n    \
+         except OSError as e:\n        assert e.errno==errno.EADDRNOTAVAIL, e\n        f+=1\n    \
+         c.close()\n\
+         print(f)\n"
+    );
+    let out = ns
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        STORM.to_string(),
+        "the kernel's own EADDRNOTAVAIL count"
+    );
+    wait_settled(server, Some(&ns));
+    signal(run.pid(), libc::SIGINT);
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(60)).0,
+        Some(0),
+        "{}",
+        run.stderr()
+    );
+    let s: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let c = &s["connects"];
+    for (key, want) in [
+        ("attempts", PORTS + STORM),
+        ("established", PORTS),
+        ("failed", STORM),
+        ("no_local_port", STORM),
+        ("refused", 0),
+        ("other", 0),
+    ] {
+        assert_eq!(c[key], want, "connects.{key}: {c}");
+    }
+    let dest = format!("{server}:{port}");
+    let peer = s["top_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == dest.as_str())
+        .unwrap_or_else(|| panic!("no row for {dest}: {}", s["top_peers"]));
+    assert_eq!(peer["connect_no_local_port"], STORM, "{peer}");
+    assert_eq!(peer["connect_failed"], STORM, "{peer}");
+    assert_eq!(s["time_wait"]["entered"], PORTS, "{}", s["time_wait"]);
+    row(
+        "ephemeral-port exhaustion storm (10 local ports in TIME_WAIT, tw_reuse 0)",
+        "each EADDRNOTAVAIL connect counted as failed, reason no_local_port, and on its destination's row",
+        &format!("{STORM} failed connects (the kernel's count): connects.no_local_port {STORM}, failed {STORM}, attempts {}, established {PORTS}; peer {dest} connect_no_local_port {STORM}", PORTS + STORM),
+    );
 }

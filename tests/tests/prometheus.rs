@@ -1,7 +1,9 @@
 //! The exporter as Prometheus sees it: a real Prometheus server (Debian's
 //! package, installed when absent) scrapes `tracer serve` every second while
 //! a known workload runs; its HTTP API must then return the workload's
-//! numbers. And the per-peer label bound holds on a live exporter.
+//! numbers, over plain HTTP and over TLS with basic auth
+//! (`--web.config.file`). And the per-peer label bound holds on a live
+//! exporter.
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -42,24 +44,18 @@ impl Drop for TempDir {
     }
 }
 
-#[test]
-fn a_real_prometheus_scrapes_the_workloads_numbers() {
+/// Debian's Prometheus with `scrape_configs` (YAML list items, indented by
+/// two), scraping every second; its storage and config live in `dir`.
+fn prometheus(dir: &TempDir, scrape_configs: &str) -> (KillOnDrop, u16) {
     ensure_debian_package("prometheus", "prometheus").expect("prometheus installed");
-    let net = Subnet::unique(20);
-    let (_exporter, port) = exporter(&net.cidr(), 5);
-
-    let dir = TempDir(std::env::temp_dir().join(format!("tcp-tracer-prom-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
     let config = dir.0.join("prometheus.yml");
     std::fs::write(
         &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: tcp-tracer\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        ),
+        format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n{scrape_configs}"),
     )
     .unwrap();
     let prom_port = free_port();
-    let _prom = KillOnDrop(
+    let prom = KillOnDrop(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -72,12 +68,30 @@ fn a_real_prometheus_scrapes_the_workloads_numbers() {
             .spawn()
             .expect("prometheus"),
     );
+    (prom, prom_port)
+}
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("tcp-tracer-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+/// Wait until Prometheus has scraped `job` successfully.
+fn wait_up(prom_port: u16, job: &str) {
+    let q = format!("up{{job=\"{job}\"}}");
     let up = wait_for(Duration::from_secs(60), || {
-        let v = query(prom_port, "up{job=\"tcp-tracer\"}");
+        let v = query(prom_port, &q);
         (v == Some(1.0), v)
     });
-    assert_eq!(up, Some(1.0), "Prometheus never scraped the exporter");
+    assert_eq!(up, Some(1.0), "Prometheus never scraped {job}");
+}
 
+/// Run a known workload on `net`, wait for a scrape after its last close,
+/// then check every number Prometheus stored for it.
+fn workload_numbers_reach_prometheus(prom_port: u16, net: &Subnet) {
     let w = Workload {
         client_closes: 8,
         server_closes: 5,
@@ -143,6 +157,143 @@ fn a_real_prometheus_scrapes_the_workloads_numbers() {
         assert_eq!(got, Some(want), "{q}\n{report}");
     }
     println!("{report}");
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_workloads_numbers() {
+    let net = Subnet::unique(20);
+    let (_exporter, port) = exporter(&net.cidr(), 5);
+    let dir = TempDir::new("prom");
+    let jobs = format!(
+        "  - job_name: tcp-tracer\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+    );
+    let (_prom, prom_port) = prometheus(&dir, &jobs);
+    wait_up(prom_port, "tcp-tracer");
+    workload_numbers_reach_prometheus(prom_port, &net);
+}
+
+/// `--web.config.file` with TLS and basic auth, as node_exporter takes it:
+/// a Prometheus with the CA and the password gets the workload's exact
+/// numbers; a job with a wrong password gets 401s and stores no sample;
+/// plain HTTP to the TLS port is answered 400, and a request without a
+/// password 401 with a Basic challenge and the configured header.
+#[test]
+fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
+    let net = Subnet::unique(23);
+    let dir = TempDir::new("prom-tls");
+    let (ca, cert, key) = integration_tests::test_pki();
+    for (name, pem) in [("ca.crt", &ca), ("srv.crt", &cert), ("srv.key", &key)] {
+        std::fs::write(dir.0.join(name), pem).unwrap();
+    }
+    let hash = bcrypt::hash("s3cret", bcrypt::DEFAULT_COST).unwrap();
+    let web = dir.0.join("web.yml");
+    std::fs::write(
+        &web,
+        format!("tls_server_config:\n  cert_file: srv.crt\n  key_file: srv.key\nhttp_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\nbasic_auth_users:\n  prometheus: '{hash}'\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let _exporter = KillOnDrop(
+        Command::new(tracer_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--addr", &net.cidr(), "--top-peers", "5"])
+            .arg("--web.config.file")
+            .arg(&web)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("tracer serve"),
+    );
+    // Plain HTTP is answered, and told it is on the TLS port: that is also
+    // the sign the exporter is up.
+    let plain = wait_for(Duration::from_secs(20), || {
+        let r = ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call();
+        let done = matches!(r, Err(ureq::Error::StatusCode(400)));
+        (done, format!("{r:?}"))
+    });
+    assert!(plain.contains("StatusCode(400)"), "plain HTTP: {plain}");
+    direct_answers_over_tls(port, &ca);
+
+    let job = |name: &str, password: &str| {
+        format!("  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {}\n    basic_auth:\n      username: prometheus\n      password: {password}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n", dir.0.join("ca.crt").display())
+    };
+    let jobs = job("tls-auth", "s3cret") + &job("tls-wrong", "guess");
+    let (_prom, prom_port) = prometheus(&dir, &jobs);
+    wait_up(prom_port, "tls-auth");
+    workload_numbers_reach_prometheus(prom_port, &net);
+    // The wrong password's job: every scrape failed, nothing stored.
+    for (q, want) in [
+        ("max_over_time(up{job=\"tls-wrong\"}[10m])", Some(0.0)),
+        (
+            "max_over_time(scrape_samples_scraped{job=\"tls-wrong\"}[10m])",
+            Some(0.0),
+        ),
+        (
+            "count({job=\"tls-wrong\",__name__=~\"tcp_tracer_.*\"})",
+            None,
+        ),
+    ] {
+        assert_eq!(query(prom_port, q), want, "{q}");
+    }
+}
+
+/// What a client that trusts the CA is answered, by password.
+fn direct_answers_over_tls(port: u16, ca: &str) {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let roots = RootCerts::new_with_certs(&[Certificate::from_pem(ca.as_bytes()).unwrap()]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    let basic = |p: &str| {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("prometheus:{p}"));
+        format!("Basic {b}")
+    };
+    let none = agent.get(&url).call().unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(
+        none.headers()["www-authenticate"],
+        "Basic realm=\"tcp state tracer\""
+    );
+    let wrong = agent
+        .get(&url)
+        .header("Authorization", basic("guess"))
+        .call();
+    assert_eq!(wrong.unwrap().status(), 401);
+    let mut right = agent
+        .get(&url)
+        .header("Authorization", basic("s3cret"))
+        .call()
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(right.headers()["x-content-type-options"], "nosniff");
+    let text = right.body_mut().read_to_string().unwrap();
+    assert!(text.contains("tcp_tracer_connect_attempts_total"), "{text}");
+}
+
+/// A web configuration the exporter cannot honour stops it at once, with
+/// the file and the reason named and no program attached.
+#[test]
+fn a_bad_web_config_file_fails_before_attaching() {
+    let dir = TempDir::new("bad-web");
+    let web = dir.0.join("web.yml");
+    std::fs::write(&web, "tls_server_config:\n  cert_file: srv.crt\n").unwrap();
+    let before = integration_tests::tracer_program_ids();
+    let out = Command::new(tracer_bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--web.config.file")
+        .arg(&web)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&web.display().to_string()) && err.contains("missing one of key or key_file"),
+        "{err}"
+    );
+    assert!(integration_tests::tracer_program_ids().is_subset(&before));
 }
 
 /// Ten peers (five remote services, five client→port pairs) and a bound of

@@ -226,6 +226,13 @@ pub struct ServeArgs {
     /// they time every BPF program on the host, not only ours.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// The Prometheus exporter-toolkit's web configuration file (as
+    /// node_exporter takes it): TLS (tls_server_config), basic auth with
+    /// bcrypt hashes (basic_auth_users), response headers
+    /// (http_server_config.headers). Read once at start; a file that cannot
+    /// be honoured fully stops the exporter before anything is attached.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -30,6 +30,7 @@ pub mod report;
 pub mod run;
 pub mod serve;
 pub mod top;
+pub mod webconfig;
 
 use std::{collections::BTreeMap, time::Instant};
 

@@ -3,7 +3,8 @@
 //! scrapes. The scrape runs on tokio's blocking pool, one at a time:
 //! requests that arrive while one is computing share its result, so the
 //! runtime thread only accepts connections and parses requests, and twenty
-//! scrapers cost one scrape.
+//! scrapers cost one scrape. With `--web.config.file` (webconfig.rs) it
+//! serves TLS (rustls) and asks for basic auth.
 
 use std::{
     convert::Infallible,
@@ -13,16 +14,26 @@ use std::{
 
 use anyhow::Context as _;
 use http_body_util::Full;
-use hyper::{body::Bytes, header, Request, Response, StatusCode};
+use hyper::{
+    body::Bytes,
+    header::{self, HeaderName, HeaderValue},
+    Request, Response, StatusCode,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::sync::{watch, Semaphore};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::{watch, Semaphore},
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 use crate::{
     cli::ServeArgs,
     export::{self, LiveCollector, Scrape, Slots},
     privs,
     run::{drop_privileges, StopSignals},
+    webconfig::{self, Auth, WebConfig},
     SummaryOptions, Tracer,
 };
 
@@ -122,8 +133,21 @@ fn scraper(tracer: Arc<Tracer>, args: &ServeArgs, stats_held: bool) -> Arc<Singl
     })
 }
 
+/// What every connection shares: the scrape, and the web configuration's
+/// basic auth and extra headers.
+struct Site {
+    flight: Arc<SingleFlight>,
+    auth: Arc<Auth>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
 pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
+    // A bad web configuration fails before anything is bound or attached.
+    let web = match &args.web_config_file {
+        Some(path) => webconfig::load(path)?,
+        None => WebConfig::default(),
+    };
     // Bind first: a busy address fails before anything is loaded.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -148,10 +172,19 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let tracer = Arc::new(tracer);
     let describe = tracer.filter().describe();
     let flight = scraper(tracer, args, _stats.is_some());
+    let tls = web.tls.map(TlsAcceptor::from);
+    let auth = Auth::new(web.users);
     eprintln!(
-        "Serving Prometheus metrics on http://{}/metrics ({describe}). Ctrl-C to stop.",
+        "Serving Prometheus metrics on {}://{}/metrics ({describe}{}). Ctrl-C to stop.",
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
+        if auth.enabled() { "; basic auth" } else { "" },
     );
+    let site = Arc::new(Site {
+        flight,
+        auth,
+        headers: web.headers,
+    });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stop = signals.wait(args.duration);
     tokio::pin!(stop);
@@ -170,23 +203,70 @@ pub async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 }
             },
         };
-        let flight = flight.clone();
+        let (site, tls) = (site.clone(), tls.clone());
         tokio::spawn(async move {
-            serve_connection(stream, flight).await;
+            match tls {
+                None => serve_connection(stream, site).await,
+                Some(tls) => {
+                    if let Some(s) = handshake(&tls, stream).await {
+                        serve_connection(s, site).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
     Ok(())
 }
 
+/// The answer to plain HTTP on the TLS port, as Go's servers give it.
+const PLAIN_TO_TLS: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// The TLS handshake, within `HEADER_TIMEOUT`. A client that speaks plain
+/// HTTP (its first byte is a letter, never a TLS record's) gets a 400 that
+/// says so rather than a bare close.
+async fn handshake(tls: &TlsAcceptor, mut stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+    let work = async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.ok()? == 1 && first[0].is_ascii_alphabetic() {
+            // Read the request first: closing with it unread would reset
+            // the connection before the client reads the answer.
+            let mut req = vec![0u8; 8192];
+            let mut got = 0;
+            while got < req.len() && !req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut req[got..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            let _ = stream.write_all(PLAIN_TO_TLS).await;
+            let _ = stream.shutdown().await;
+            log::debug!("plain HTTP on the TLS port: answered 400");
+            return None;
+        }
+        match tls.accept(stream).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::debug!("TLS handshake: {e}");
+                None
+            }
+        }
+    };
+    tokio::time::timeout(HEADER_TIMEOUT, work)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// One HTTP/1 connection, with the header/idle timeout.
-async fn serve_connection<S>(stream: S, flight: Arc<SingleFlight>)
+async fn serve_connection<S>(stream: S, site: Arc<Site>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| {
-        let flight = flight.clone();
-        async move { Ok::<_, Infallible>(respond(&flight, &req).await) }
+        let site = site.clone();
+        async move { Ok::<_, Infallible>(respond(&site, &req).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -206,7 +286,32 @@ fn reply(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>>
         .expect("valid response")
 }
 
-async fn respond<B>(flight: &Arc<SingleFlight>, req: &Request<B>) -> Response<Full<Bytes>> {
+/// Basic auth first (every path, as the toolkit does), then the route; the
+/// configured headers on every answer.
+async fn respond<B>(site: &Site, req: &Request<B>) -> Response<Full<Bytes>> {
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    let mut resp = if site.auth.allows(authorization.map(|v| v.as_bytes())).await {
+        route(&site.flight, req).await
+    } else {
+        log::debug!("{} {}: unauthorized", req.method(), req.uri().path());
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "Unauthorized\n".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"tcp state tracer\""),
+        );
+        r
+    };
+    for (k, v) in &site.headers {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+    resp
+}
+
+async fn route<B>(flight: &Arc<SingleFlight>, req: &Request<B>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => {
             let om = match &*flight.get().await {

@@ -164,10 +164,13 @@ struct Built {
 
 /// `cargo build --release --target TRIPLE` of the tracer binary, linked by
 /// rust-lld against the musl libc that ships with Rust's target (no C
-/// cross toolchain needed). With `object`, the build script embeds it
-/// instead of building the eBPF object again.
+/// cross toolchain needed). ring (rustls' cryptography, for serve's TLS)
+/// has C and assembly: clang compiles them for either target without a
+/// sysroot. With `object`, the build script embeds it instead of building
+/// the eBPF object again.
 fn build_static(root: &Path, arch: &Arch, object: Option<&Path>) -> Result<Built> {
     ensure_target(arch.triple)?;
+    ensure_clang()?;
     if object.is_some() {
         ensure_object_is_arch_independent(root)?;
     }
@@ -190,6 +193,8 @@ fn build_static(root: &Path, arch: &Arch, object: Option<&Path>) -> Result<Built
         "--message-format=json-render-diagnostics",
     ])
     .env(linker_var, "rust-lld")
+    .env(format!("CC_{}", arch.triple.replace('-', "_")), "clang")
+    .env(format!("AR_{}", arch.triple.replace('-', "_")), "llvm-ar")
     // Symbols stay (readable backtraces, `perf`); debug info was never there.
     .env_remove("TRACER_SKIP_EBPF");
     match object {
@@ -237,6 +242,26 @@ fn build_static(root: &Path, arch: &Arch, object: Option<&Path>) -> Result<Built
         binary: binary.context("cargo reported no tracer executable")?,
         object,
     })
+}
+
+/// clang and llvm-ar from Debian when missing (ring's C for the musl targets).
+fn ensure_clang() -> Result<()> {
+    let missing: Vec<&str> = [("clang", "clang"), ("llvm-ar", "llvm")]
+        .into_iter()
+        .filter(|(bin, _)| Command::new(bin).arg("--version").output().is_err())
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {missing:?} (apt-get)");
+    status(Command::new("apt-get").arg("update"))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// `rustup target add` when the target's standard library is missing.
