@@ -29,7 +29,8 @@ pub static TW_SECONDS: PerCpuArray<TwSlot> = PerCpuArray::with_max_entries(TW_SL
 
 /// Per-flow breakdown; connections that find it full go to `Stats::other_flow`.
 /// Userspace harvests it (reads and deletes the rows of past generations)
-/// every 10-50 ms, so it holds only the flows of the last harvest periods.
+/// once a quarter of it is new rows, or every second, so it holds only the
+/// flows of the last harvest periods.
 #[map]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(16_384, 0);
 
@@ -37,6 +38,11 @@ pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_en
 /// userspace before each harvest.
 #[map]
 pub static FLOW_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Flow rows this CPU created (only the insert path counts): the harvest
+/// polls it to run as soon as the table fills, and rarely otherwise.
+#[map]
+pub static FLOW_NEW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Listening ports per network namespace → the process that called listen().
 #[map]

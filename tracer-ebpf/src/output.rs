@@ -9,7 +9,7 @@ use tracer_common::{
 
 use crate::{
     ld,
-    maps::{bump, EVENTS, FLOWS, FLOW_GEN, HISTS, TW_SECONDS},
+    maps::{bump, EVENTS, FLOWS, FLOW_GEN, FLOW_NEW, HISTS, TW_SECONDS},
     sock::{self, Ends},
 };
 
@@ -97,8 +97,14 @@ pub fn update_flow(sk: *const u8, stats: &mut Stats, x: &FlowArgs) {
     }
     let mut p = FLOWS.get_ptr_mut(&key);
     if p.is_none() {
-        // EEXIST from a racing CPU is fine: the lookup below finds its entry.
-        let _ = FLOWS.insert(&key, &ZERO_FLOW, BPF_NOEXIST as u64);
+        // EEXIST from a racing CPU is fine: the lookup below finds its
+        // entry (and that CPU counted the new row).
+        if FLOWS.insert(&key, &ZERO_FLOW, BPF_NOEXIST as u64).is_ok() {
+            if let Some(n) = FLOW_NEW.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot 0, this program its only writer here.
+                unsafe { *n += 1 };
+            }
+        }
         p = FLOWS.get_ptr_mut(&key);
     }
     match p {

@@ -90,6 +90,15 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
         bump(stats, counter::SKIPPED_OTHER);
         return;
     }
+    // Filters and live events need every transition's state (verdict, time
+    // in state); summary mode only the transitions whose accounting reads
+    // it: the others count without the clock or the socket's ends.
+    let every = ld!(FILTER.any) != 0 || ld!(FILTER.emit_events) != 0;
+    let listening = machine::is_listener(old, new);
+    if !listening && !every && !machine::needs_state(old, new) {
+        count_simple(stats, old, new);
+        return;
+    }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let t = Tr {
@@ -99,7 +108,7 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
         now,
         ends: sock::ends(sk, family, new == state::CLOSE),
     };
-    if machine::is_listener(old, new) {
+    if listening {
         listener::on_listener(stats, &t);
     } else {
         connection(stats, &t);
@@ -108,13 +117,6 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
 
 #[inline(never)]
 fn connection(stats: &mut Stats, t: &Tr) {
-    // Filters and live events need every transition's state (verdict, time
-    // in state); summary mode only the transitions whose accounting reads it.
-    let every = ld!(FILTER.any) != 0 || ld!(FILTER.emit_events) != 0;
-    if !every && !machine::needs_state(t.old, t.new) {
-        count_simple(stats, t.old, t.new);
-        return;
-    }
     match state_of(t) {
         Some(st) => on_socket(stats, st, t),
         None => {

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData, PerCpuHashMap};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap};
 use tracer_common::{FlowKey, FlowStats};
 
 use crate::{
@@ -41,14 +41,18 @@ impl Tally for FlowStats {
 
 /// Rows the userspace breakdown keeps (see `heavy` for what it guarantees).
 pub const LEDGER_ROWS: usize = 16_384;
-/// The longest pause between two background harvests: a burst of new
-/// flows must fill the kernel table in less than this to overflow it
-/// (16 384 rows in 50 ms: 327 000 new rows a second; a loopback client
-/// with distinct peers made 70 000 a second here).
-pub const HARVEST_INTERVAL: Duration = Duration::from_millis(50);
-/// The shortest: while rows arrive fast, the pause is chosen so that one
-/// interval brings an eighth of the table, down to this.
-pub const HARVEST_INTERVAL_BUSY: Duration = Duration::from_millis(10);
+/// The longest pause between two background harvests. Rows of a
+/// generation are new rows, so a flow seen in every interval costs an
+/// insert per interval: long generations keep the program on its cheap
+/// path (an existing row), short ones are only needed while rows arrive.
+pub const HARVEST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the thread reads the kernel's count of new rows: it harvests
+/// as soon as a quarter of the table is new, so a burst must bring the
+/// other three quarters (12 288 rows) between a poll and the end of that
+/// harvest to overflow it (a loopback client with distinct peers made
+/// 70 000 new rows a second here; a harvest of 4 096 rows takes ~11 ms
+/// plus an RCU grace period).
+pub const HARVEST_POLL: Duration = Duration::from_millis(10);
 
 /// What the harvests did so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +74,10 @@ pub struct HarvestStats {
 pub struct Harvester {
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     gen_map: Array<MapData, u32>,
+    /// Rows the program created, per CPU (`FLOW_NEW`), and their sum at
+    /// the last harvest.
+    new_rows: PerCpuArray<MapData, u64>,
+    new_at_harvest: u64,
     barrier: RcuBarrier,
     gen: u32,
     kernel_rows: u32,
@@ -81,11 +89,14 @@ impl Harvester {
     pub fn new(
         flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
         gen_map: Array<MapData, u32>,
+        new_rows: PerCpuArray<MapData, u64>,
         kernel_rows: u32,
     ) -> anyhow::Result<Self> {
         Ok(Harvester {
             flows,
             gen_map,
+            new_rows,
+            new_at_harvest: 0,
             barrier: RcuBarrier::new()?,
             gen: 0,
             kernel_rows,
@@ -98,6 +109,7 @@ impl Harvester {
     /// the rows moved.
     pub fn harvest(&mut self) -> anyhow::Result<u64> {
         let cpu0 = crate::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+        self.new_at_harvest = self.rows_created()?;
         let next = self.gen.wrapping_add(1);
         self.gen_map.set(0, next, 0)?;
         self.gen = next;
@@ -129,12 +141,18 @@ impl Harvester {
         self.kernel_rows
     }
 
-    /// The pause before the next background harvest after one that moved
-    /// `rows` that arrived over `elapsed`: an eighth of the table at that rate.
-    fn next_interval(&self, rows: u64, elapsed: Duration) -> Duration {
-        let per_s = rows as f64 / elapsed.as_secs_f64().max(1e-3);
-        let fill = Duration::from_secs_f64(f64::from(self.kernel_rows / 8) / per_s.max(1.0));
-        fill.clamp(HARVEST_INTERVAL_BUSY, HARVEST_INTERVAL)
+    /// Rows the program created so far (every CPU).
+    fn rows_created(&self) -> anyhow::Result<u64> {
+        Ok(self.new_rows.get(&0, 0)?.iter().sum())
+    }
+
+    /// Whether the background harvest is due, `since` the last one: a
+    /// quarter of the table is new rows, or the longest pause passed.
+    fn due(&self, since: Duration) -> bool {
+        since >= HARVEST_INTERVAL
+            || self.rows_created().map_or(true, |n| {
+                n.saturating_sub(self.new_at_harvest) >= u64::from(self.kernel_rows / 4)
+            })
     }
 }
 
@@ -153,10 +171,9 @@ impl HarvestThread {
         let handle = std::thread::Builder::new()
             .name("flow-harvest".into())
             .spawn(move || {
-                let mut wait = HARVEST_INTERVAL;
                 let mut last = Instant::now();
                 loop {
-                    match requests.recv_timeout(wait) {
+                    match requests.recv_timeout(HARVEST_POLL) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Ok(ack) => {
                             // Started before the mode dropped its
@@ -168,16 +185,14 @@ impl HarvestThread {
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                     let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-                    let since = last.elapsed();
+                    if !h.due(last.elapsed()) {
+                        continue;
+                    }
                     last = Instant::now();
-                    wait = match h.harvest() {
-                        Ok(rows) => h.next_interval(rows, since),
-                        Err(e) => {
-                            h.stats.failures += 1;
-                            log::warn!("flow harvest failed (the rows wait for the next): {e:#}");
-                            HARVEST_INTERVAL
-                        }
-                    };
+                    if let Err(e) = h.harvest() {
+                        h.stats.failures += 1;
+                        log::warn!("flow harvest failed (the rows wait for the next): {e:#}");
+                    }
                 }
             })?;
         Ok(HarvestThread {

@@ -303,7 +303,7 @@ impl Probe {
     }
 
     /// Harvest the kernel flow table now (the background harvest does it
-    /// every 10-50 ms anyway).
+    /// once a quarter of the table is new, or every second).
     pub fn harvest(&self) -> Result<u64, ProbeError> {
         let mut h = self.harvest.lock().unwrap_or_else(|e| e.into_inner());
         h.harvest().map_err(|e| {
@@ -433,7 +433,9 @@ fn harvester(ebpf: &mut Ebpf, kernel_rows: u32) -> Result<Harvester, ProbeError>
         .map_err(|e| ProbeError::Map("FLOWS", e))?;
     let gen =
         Array::<_, u32>::try_from(take("FLOW_GEN")?).map_err(|e| ProbeError::Map("FLOW_GEN", e))?;
-    Harvester::new(flows, gen, kernel_rows).map_err(ProbeError::Harvest)
+    let new_rows = PerCpuArray::<_, u64>::try_from(take("FLOW_NEW")?)
+        .map_err(|e| ProbeError::Map("FLOW_NEW", e))?;
+    Harvester::new(flows, gen, new_rows, kernel_rows).map_err(ProbeError::Harvest)
 }
 
 #[cfg(test)]
