@@ -258,6 +258,8 @@ pub struct Bench {
     /// should see the load's sockets).
     pub ns: NetNs,
     serial: u32,
+    /// The memory cgroup the tracer is started in, while one is measured.
+    cgroup: Option<sys::MemCgroup>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -267,14 +269,23 @@ const SETTLE: Duration = Duration::from_millis(300);
 impl Bench {
     pub fn new(cfg: Config) -> Result<Bench> {
         let ns = NetNs::create(&format!("{}-load", cfg.netns_prefix))?;
-        Ok(Bench { cfg, ns, serial: 0 })
+        Ok(Bench {
+            cfg,
+            ns,
+            serial: 0,
+            cgroup: None,
+        })
     }
 
     fn tracer_cmd(&self, ns: Option<&NetNs>) -> Command {
-        match ns {
+        let mut c = match ns {
             Some(ns) => ns.command(&self.cfg.tracer),
             None => Command::new(&self.cfg.tracer),
+        };
+        if let Some(cg) = &self.cgroup {
+            cg.enter(&mut c);
         }
+        c
     }
 
     /// Start `setup`; `in_ns` runs a tracer inside the load's namespace (its
@@ -450,6 +461,9 @@ pub struct FootprintRow {
     pub achieved_conn_s: f64,
     /// CPU time over wall time while the load ran, percent of one core.
     pub cpu_pct: f64,
+    /// The collector's CPU time per transition the load made (events
+    /// mode: per event printed), µs.
+    pub cpu_us_per_transition: f64,
     pub peak_rss_mib: f64,
 }
 
@@ -466,6 +480,10 @@ pub struct ScaleRow {
     /// Kernel memory of the tracer's maps (memlock).
     pub kernel_maps_mib: f64,
     pub inflight_missing: u64,
+    /// Kernel memory charged to the tracer's cgroup while the sockets
+    /// opened (their socket-local storage), per socket; None without a
+    /// memory controller.
+    pub kernel_bytes_per_socket: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -678,6 +696,8 @@ pub fn footprint_step(b: &mut Bench, setup: Setup, rate: Option<f64>) -> Result<
         target_conn_s: rate,
         achieved_conn_s: r.rate(),
         cpu_pct: (t1 - t0) as f64 / sys::clock_ticks_per_s() / wall * 100.0,
+        cpu_us_per_transition: (t1 - t0) as f64 / sys::clock_ticks_per_s() * 1e6
+            / (r.connections * TRANSITIONS_PER_CONNECTION).max(1) as f64,
         peak_rss_mib: f.max_rss_kib as f64 / 1024.0,
     })
 }
@@ -691,7 +711,9 @@ pub fn scale(b: &mut Bench) -> Result<ScaleRow> {
     let per_proc: u64 = 9_000;
     let procs = target_conns.div_ceil(per_proc);
     let ns = NetNs::create(&format!("{}-scale", b.cfg.netns_prefix))?;
+    b.cgroup = sys::MemCgroup::create(&format!("{}-scale", b.cfg.netns_prefix));
     let a = b.attach(Setup::TracerSummary, Some(&ns), &[])?;
+    let kmem0 = b.cgroup.as_ref().and_then(sys::MemCgroup::kernel_bytes);
     let pid = a.pid().context("tracer pid")?;
     let w0 = Instant::now();
     let mut holders = Vec::new();
@@ -729,8 +751,10 @@ pub fn scale(b: &mut Bench) -> Result<ScaleRow> {
     })();
     let open_s = w0.elapsed().as_secs_f64();
     let kernel_maps = sys::bpf_map_memlock(pid).unwrap_or(0);
+    let kmem1 = b.cgroup.as_ref().and_then(sys::MemCgroup::kernel_bytes);
     let r0 = Instant::now();
     let f = a.stop();
+    b.cgroup = None;
     let report_s = r0.elapsed().as_secs_f64();
     for mut h in holders {
         drop(h.stdin.take());
@@ -753,6 +777,10 @@ pub fn scale(b: &mut Bench) -> Result<ScaleRow> {
         peak_rss_mib: f.max_rss_kib as f64 / 1024.0,
         kernel_maps_mib: kernel_maps as f64 / (1024.0 * 1024.0),
         inflight_missing: v["tracer"]["inflight_missing"].as_u64().unwrap_or(0),
+        kernel_bytes_per_socket: kmem0
+            .zip(kmem1)
+            .filter(|_| held > 0)
+            .map(|(k0, k1)| k1.saturating_sub(k0) as f64 / (held * 2) as f64),
     })
 }
 

@@ -101,6 +101,17 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
             met: Some(f.cpu_pct <= 5.0),
         });
     }
+    if let Some(f) = r
+        .footprint
+        .iter()
+        .find(|f| f.mode.starts_with("tracer events") && f.target_conn_s.is_none())
+    {
+        v.push(Verdict {
+            target: "collector ≤ 1 µs of CPU per event with --json (events, load at full speed)",
+            measured: format!("{:.2} µs", f.cpu_us_per_transition),
+            met: Some(f.cpu_us_per_transition <= 1.0),
+        });
+    }
     if let Some(s) = &r.scale {
         v.push(Verdict {
             target: "collector RSS ≤ 50 MB at 1 M sockets",
@@ -243,17 +254,20 @@ pub fn render(r: &Results) -> String {
         "\n## 4. Collector footprint\n\nThe tracer process in the load's namespace; CPU = its user+system time over \
          wall time while the load ran (% of one core); peak RSS = `ru_maxrss` over its whole life, including the \
          final report. CPU is counted in clock ticks: 0.00 means no tick in the run (below 1 / (100 Hz × run \
-         seconds), under 0.2 %). The exporter is scraped every second.\n\n| mode | conn/s asked | conn/s achieved | CPU % of a core | peak RSS MiB |\n\
-         | --- | ---: | ---: | ---: | ---: |"
+         seconds), under 0.2 %). The exporter is scraped every second. *CPU µs per transition* = that CPU time over \
+         the load's transitions (10 per connection): in events mode, the collector's cost per event printed.\n\n\
+         | mode | conn/s asked | conn/s achieved | CPU % of a core | CPU µs per transition | peak RSS MiB |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for f in &r.footprint {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} |",
             f.mode,
             rate(f.target_conn_s),
             thousands(f.achieved_conn_s),
             f.cpu_pct,
+            f.cpu_us_per_transition,
             f.peak_rss_mib
         );
     }
@@ -263,14 +277,17 @@ pub fn render(r: &Results) -> String {
             "\n**Many sockets.** {} sockets open at once (established connections, both ends, held by loadgen \
              processes in a fresh namespace; `tracer summary` attached before they opened). Its report counted {} \
              ESTABLISHED sockets; opening took {:.1} s, the report {:.2} s. Peak RSS of the collector: **{:.1} MiB**. \
-             Kernel memory of its maps (memlock): {:.1} MiB. Sockets whose birth the in-flight map no longer held \
-             (LRU evictions, seen at a later transition): {}.",
+             Kernel memory of its maps (memlock): {:.1} MiB; kernel memory charged to the tracer's cgroup while \
+             the sockets opened (their socket-local storage), per socket: {}. Sockets that lost their state \
+             (seen mid-life at a later transition): {}.",
             thousands(sc.sockets as f64),
             thousands(sc.reported_established as f64),
             sc.open_s,
             sc.report_s,
             sc.peak_rss_mib,
             sc.kernel_maps_mib,
+            sc.kernel_bytes_per_socket
+                .map_or("– (no memory controller)".into(), |b| format!("**{b:.0} B**")),
             sc.inflight_missing
         );
     }
@@ -378,6 +395,7 @@ mod tests {
                 target_conn_s: Some(10_000.0),
                 achieved_conn_s: 9_990.0,
                 cpu_pct: 0.4,
+                cpu_us_per_transition: 0.04,
                 peak_rss_mib: 9.0,
             }],
             scale: Some(ScaleRow {
@@ -414,7 +432,7 @@ mod tests {
             "## 3. Throughput ceiling",
             "| 16 | max | 250 000 |",
             "## 4. Collector footprint",
-            "| tracer summary | 10000 | 9 990 | 0.40 | 9.0 |",
+            "| tracer summary | 10000 | 9 990 | 0.40 | 0.04 | 9.0 |",
             "1 000 000 sockets",
             "## 5. Start-up",
         ] {

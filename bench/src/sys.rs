@@ -275,3 +275,89 @@ mod tests {
         assert!(peak_rss_kib(pid).unwrap() > 0);
     }
 }
+
+/// A memory cgroup of the bench's own, to measure the kernel memory charged
+/// to the tracer: BPF map memory (socket storage included) is charged to
+/// the cgroup of the process that created the map. cgroup v1's
+/// `memory.kmem.usage_in_bytes`, or v2's `kernel` line of `memory.stat`.
+pub struct MemCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemCgroup {
+    /// A fresh cgroup named `name`, or None where no memory controller is
+    /// mounted (the figure is then left out).
+    pub fn create(name: &str) -> Option<MemCgroup> {
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (root, v2) = if v1.join("memory.kmem.usage_in_bytes").exists() {
+            (v1.to_path_buf(), false)
+        } else {
+            let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| {
+                    fs::read_to_string(p.join("cgroup.subtree_control"))
+                        .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
+                })?;
+            (v2, true)
+        };
+        let dir = root.join(name);
+        fs::create_dir(&dir).ok()?;
+        Some(MemCgroup { dir, v2 })
+    }
+
+    /// Make `c`'s child join the cgroup before it execs (so the maps it
+    /// creates are charged here).
+    pub fn enter(&self, c: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(
+            self.dir
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("no NUL in a cgroup path");
+        // SAFETY: only open/write/close (async-signal-safe) run between fork
+        // and exec, on a path built before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if !ok {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Kernel memory charged to the cgroup now, bytes.
+    pub fn kernel_bytes(&self) -> Option<u64> {
+        if self.v2 {
+            let stat = fs::read_to_string(self.dir.join("memory.stat")).ok()?;
+            stat.lines()
+                .find_map(|l| l.strip_prefix("kernel "))?
+                .trim()
+                .parse()
+                .ok()
+        } else {
+            fs::read_to_string(self.dir.join("memory.kmem.usage_in_bytes"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // Empty once the tracer has exited; its charges move to the parent.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
