@@ -26,13 +26,13 @@ use prometheus_client::{
     metrics::MetricType,
     registry::{Registry, Unit},
 };
-use tracer_common::{close, counter, dir, hist, hist_kind};
+use tracer_common::{hist, hist_kind};
 
 use crate::{
     diag::Population,
     model::{flow_netns, group_of, state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
-    report::Summary,
+    report::{Coverage, Summary},
 };
 
 pub const PREFIX: &str = "tcp_tracer";
@@ -339,16 +339,24 @@ fn histogram_series(
 }
 
 /// Encode one scrape. Pure: unit tests call it on synthetic snapshots.
+/// Every total comes from the summary (the same figures the report shows);
+/// the snapshot gives the histograms, the matrix and the flows to slot.
 pub fn encode_scrape(
     s: &Scrape,
     slots: &mut Slots,
     mut enc: DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let snap = &s.snap;
-    let c = |i: u32| snap.counter(i);
-    let k = |kind: u8| snap.closes(kind);
+    encode_latencies(&s.snap, &mut enc)?;
+    encode_state_machine(s, &mut enc)?;
+    encode_population(&s.summary, &mut enc)?;
+    encode_peers(&s.snap, slots, &mut enc)?;
+    encode_namespaces(s, slots, &mut enc)?;
+    encode_listeners(&s.summary.listen, &mut enc)?;
+    encode_health(s, &mut enc)
+}
 
-    // Handshake latency.
+/// The handshake and connection lifetime histograms.
+fn encode_latencies(snap: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     {
         let mut m = enc.encode_descriptor(
             "handshake_duration",
@@ -371,63 +379,52 @@ pub fn encode_scrape(
             }
         }
     }
-    {
-        let mut m = enc.encode_descriptor(
-            "connection_lifetime",
-            "Lifetime of established connections at close, from connect() / the final handshake ACK",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        histogram_series(
-            &mut m,
-            None,
-            &snap.hists[hist_kind::LIFETIME as usize],
-            LIFETIME_BOUNDS_S,
-        )?;
-    }
+    let mut m = enc.encode_descriptor(
+        "connection_lifetime",
+        "Lifetime of established connections at close, from connect() / the final handshake ACK",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    histogram_series(
+        &mut m,
+        None,
+        &snap.hists[hist_kind::LIFETIME as usize],
+        LIFETIME_BOUNDS_S,
+    )
+}
 
-    // State machine.
-    let mut transitions = Vec::new();
-    for (o, row) in snap.transitions.iter().enumerate() {
-        for (n, v) in row.iter().enumerate() {
-            if *v > 0 {
-                transitions.push((
-                    labels(&[("from", state_name(o as u8)), ("to", state_name(n as u8))]),
-                    *v,
-                ));
-            }
-        }
-    }
+/// Transitions, connects and their failures, resets, close paths.
+fn encode_state_machine(s: &Scrape, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let transitions: Vec<(Labels, u64)> = s
+        .snap
+        .transition_pairs()
+        .map(|(o, n, v)| (labels(&[("from", state_name(o)), ("to", state_name(n))]), v))
+        .collect();
     counter_family(
-        &mut enc,
+        enc,
         "transitions",
         "TCP state transitions by old and new state",
         &transitions,
     )?;
+    let sum = &s.summary;
+    let cn = &sum.connects;
     counter1(
-        &mut enc,
+        enc,
         "connect_attempts",
         "connect() calls (CLOSE -> SYN_SENT)",
-        c(counter::CONNECT_ATTEMPTS),
+        cn.attempts,
     )?;
     counter_family(
-        &mut enc,
+        enc,
         "connections_established",
         "Handshakes completed, by side",
         &[
-            (
-                labels(&[("side", "active")]),
-                c(counter::ACTIVE_ESTABLISHED),
-            ),
-            (
-                labels(&[("side", "passive")]),
-                c(counter::PASSIVE_ESTABLISHED),
-            ),
+            (labels(&[("side", "active")]), cn.established),
+            (labels(&[("side", "passive")]), sum.accepts.established),
         ],
     )?;
-    let cn = &s.summary.connects;
     counter_family(
-        &mut enc,
+        enc,
         "connect_failures",
         "Failed connects (SYN_SENT -> CLOSE) by reason",
         &[
@@ -439,53 +436,55 @@ pub fn encode_scrape(
             (labels(&[("reason", "other")]), cn.other),
         ],
     )?;
+    let cl = &sum.closes;
     counter_family(
-        &mut enc,
+        enc,
         "resets",
         "Established connections ended by RST, by direction",
         &[
-            (labels(&[("direction", "sent")]), k(close::RESET_SENT)),
-            (
-                labels(&[("direction", "received")]),
-                k(close::RESET_RECEIVED),
-            ),
+            (labels(&[("direction", "sent")]), cl.resets_sent),
+            (labels(&[("direction", "received")]), cl.resets_received),
         ],
     )?;
     counter_family(
-        &mut enc,
+        enc,
         "closes",
         "Connection close paths: who sent the first FIN, simultaneous closes, completed passive closes, timeouts, orphans parked in FIN_WAIT2",
         &[
-            (labels(&[("path", "closed_here_first")]), c(counter::CLOSE_LOCAL_FIRST)),
-            (labels(&[("path", "closed_by_peer_first")]), c(counter::CLOSE_PEER_FIRST)),
-            (labels(&[("path", "simultaneous")]), c(counter::CLOSE_SIMULTANEOUS)),
-            (labels(&[("path", "passive_close_completed")]), k(close::LAST_ACK)),
-            (labels(&[("path", "timeout")]), k(close::TIMEOUT)),
-            (labels(&[("path", "fin_wait2_parked")]), k(close::FIN_WAIT2_PARKED)),
+            (labels(&[("path", "closed_here_first")]), cl.closed_here_first),
+            (labels(&[("path", "closed_by_peer_first")]), cl.closed_by_peer_first),
+            (labels(&[("path", "simultaneous")]), cl.simultaneous),
+            (labels(&[("path", "passive_close_completed")]), cl.passive_close_completed),
+            (labels(&[("path", "timeout")]), cl.timeouts),
+            (labels(&[("path", "fin_wait2_parked")]), sum.time_wait.via_fin_wait2),
         ],
-    )?;
+    )
+}
 
-    // TIME_WAIT and the population.
+/// TIME_WAIT entries and the population now: sockets by state, leaks,
+/// ephemeral port use per destination.
+fn encode_population(sum: &Summary, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let tw = &sum.time_wait;
+    let side = &tw.entered_by_side;
     counter_family(
-        &mut enc,
+        enc,
         "time_wait_entries",
         "Connections entering TIME_WAIT (incl. orphans parked in FIN_WAIT2), by the side that opened them",
         &[
-            (labels(&[("side", "active")]), c(counter::TIME_WAIT_BY_DIR + dir::ACTIVE as u32)),
-            (labels(&[("side", "passive")]), c(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32)),
-            (labels(&[("side", "unknown")]), c(counter::TIME_WAIT_BY_DIR + dir::UNKNOWN as u32)),
+            (labels(&[("side", "active")]), side.active_opened),
+            (labels(&[("side", "passive")]), side.passive_opened),
+            (labels(&[("side", "unknown")]), side.unknown),
         ],
     )?;
-    let tw = &s.summary.time_wait;
     gauge_family(
-        &mut enc,
+        enc,
         "time_wait_expected_sockets",
         "TIME_WAIT entries of the last 60 s: the population the entries predict",
         &[(Vec::new(), tw.model.entered_last_60s as f64)],
     )?;
     let now = &tw.now;
     gauge_family(
-        &mut enc,
+        enc,
         "sockets",
         "TCP sockets by state now (sock_diag, what ss shows)",
         &[
@@ -496,17 +495,16 @@ pub fn encode_scrape(
         ],
     )?;
     gauge_family(
-        &mut enc,
+        enc,
         "close_wait_leaked_sockets",
         "Sockets in CLOSE_WAIT longer than the leak threshold (the application never called close())",
-        &[(Vec::new(), s.summary.close_wait.leaks.len() as f64)],
+        &[(Vec::new(), sum.close_wait.leaks.len() as f64)],
     )?;
-    let pp = &s.summary.port_pressure;
     gauge_family(
-        &mut enc,
+        enc,
         "port_pressure_ratio",
         "Share of the ephemeral port range one destination (local addr -> remote addr:port) holds, top N destinations",
-        &pp.destinations
+        &sum.port_pressure.destinations
             .iter()
             .map(|r| {
                 (
@@ -515,9 +513,15 @@ pub fn encode_scrape(
                 )
             })
             .collect::<Vec<_>>(),
-    )?;
+    )
+}
 
-    // Per peer, bounded.
+/// Per peer, in bounded, re-ranked slots (see the module doc).
+fn encode_peers(
+    snap: &Snapshot,
+    slots: &mut Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     let groups = crate::report::peer_groups(&snap.flows, usize::MAX)
         .into_iter()
         .map(|(label, _, g)| (label, g))
@@ -529,46 +533,48 @@ pub fn encode_scrape(
             .map(|(p, g)| (labels(&[("peer", p)]), f(g)))
             .collect()
     };
-    counter_family(
-        &mut enc,
+    for (name, help, f) in PEER_SERIES {
+        counter_family(enc, name, help, &per_peer(f))?;
+    }
+    Ok(())
+}
+
+/// A counter over groups: (name, help, the group's figure).
+type GroupSeries = (&'static str, &'static str, fn(&GroupStats) -> u64);
+
+/// The per-peer counters.
+const PEER_SERIES: [GroupSeries; 5] = [
+    (
         "peer_connections",
         "Established connections per peer (remote addr:port, or client addr -> :local port)",
-        &per_peer(|g| g.established),
-    )?;
-    counter_family(
-        &mut enc,
-        "peer_connect_failures",
-        "Failed connects per peer",
-        &per_peer(|g| g.connect_failed),
-    )?;
-    counter_family(
-        &mut enc,
+        |g| g.established,
+    ),
+    ("peer_connect_failures", "Failed connects per peer", |g| {
+        g.connect_failed
+    }),
+    (
         "peer_time_wait_entries",
         "TIME_WAIT entries per peer",
-        &per_peer(|g| g.time_wait_entries),
-    )?;
-    counter_family(
-        &mut enc,
-        "peer_resets",
-        "Resets (sent + received) per peer",
-        &per_peer(|g| g.resets),
-    )?;
-    counter_family(
-        &mut enc,
+        |g| g.time_wait_entries,
+    ),
+    ("peer_resets", "Resets (sent + received) per peer", |g| {
+        g.resets
+    }),
+    (
         "peer_handshake_retransmits",
         "Handshakes that needed SYN/SYN-ACK retransmits, per peer",
-        &per_peer(|g| g.handshakes_with_retransmits),
-    )?;
+        |g| g.handshakes_with_retransmits,
+    ),
+];
 
-    encode_namespaces(s, slots, &mut enc)?;
-    encode_listeners(&s.summary.listen, &mut enc)?;
-
-    // The tracer's own health: the same list the text report prints.
+/// The tracer's own health: the same list the text report prints, and the
+/// kernel program's run statistics.
+fn encode_health(s: &Scrape, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     for (name, help, value) in s.summary.tracer.entries() {
-        counter1(&mut enc, name, help, value)?;
+        counter1(enc, name, help, value)?;
     }
     counter1(
-        &mut enc,
+        enc,
         "bpf_runs",
         "Invocations of the kernel program (counted while BPF stats are enabled)",
         s.run_stats.run_count,
@@ -583,12 +589,11 @@ pub fn encode_scrape(
         m.encode_counter::<NoLabelSet, _, u64>(&(s.run_stats.run_time_ns as f64 / 1e9), None)?;
     }
     gauge_family(
-        &mut enc,
+        enc,
         "bpf_stats_enabled",
         "1 when the kernel collects BPF run-time statistics",
         &[(Vec::new(), if s.stats_enabled { 1.0 } else { 0.0 })],
-    )?;
-    Ok(())
+    )
 }
 
 /// Every listening socket (bounded by the host's listeners, not by
@@ -646,9 +651,16 @@ fn encode_namespaces(
     slots: &mut Slots,
     enc: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let sum = &s.summary;
-    let top = slots.netns.max;
-    for r in sum.namespaces.iter().take(top) {
+    admit_netns_labels(&s.summary, slots);
+    encode_netns_population(&s.summary, slots, enc)?;
+    encode_netns_counters(&s.snap, slots, enc)?;
+    encode_coverage(&s.summary.netns_coverage, enc)
+}
+
+/// The pod and container labels of each namespace among the `top` listed,
+/// fixed when the namespace first gets a series.
+fn admit_netns_labels(sum: &Summary, slots: &mut Slots) {
+    for r in sum.namespaces.iter().take(slots.netns.max) {
         let pod = r.pod.clone().or(r.pod_uid.clone()).unwrap_or_default();
         let container = (r.container_name.clone().or(r.container.clone()))
             .or(r.unit.clone())
@@ -658,7 +670,18 @@ fn encode_namespaces(
             .entry(r.netns.to_string())
             .or_insert((pod, container));
     }
+}
+
+/// Sockets by state and CLOSE_WAIT leaks of the `top` namespaces, the rest
+/// in `netns="other"` once there are that many.
+fn encode_netns_population(
+    sum: &Summary,
+    slots: &Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let top = slots.netns.max;
     let rows: Vec<_> = sum.namespaces.iter().take(top).collect();
+    let with_other = sum.namespaces.len() >= top;
     let other_labels = slots.netns_labels("other");
     let mut sockets = Vec::new();
     for (state, total, of) in [
@@ -680,7 +703,7 @@ fn encode_namespaces(
             rest = rest.saturating_sub(of(&r.now));
             sockets.push((l, of(&r.now) as f64));
         }
-        if sum.namespaces.len() >= top {
+        if with_other {
             let mut l = other_labels.clone();
             l.push(("state", state.to_string()));
             sockets.push((l, rest as f64));
@@ -701,7 +724,7 @@ fn encode_namespaces(
             )
         })
         .collect();
-    if sum.namespaces.len() >= top {
+    if with_other {
         let listed: u64 = rows.iter().map(|r| r.close_wait_leaks).sum();
         let all = sum.close_wait.leaks.len() as u64;
         leaks.push((other_labels, all.saturating_sub(listed) as f64));
@@ -711,37 +734,51 @@ fn encode_namespaces(
         "netns_close_wait_leaked_sockets",
         "CLOSE_WAIT sockets older than the leak threshold, per network namespace (top N)",
         &leaks,
-    )?;
-    let groups = crate::model::group_flows(&s.snap.flows, |k, _| flow_netns(k), usize::MAX)
+    )
+}
+
+/// Flow counters per namespace, in re-ranked slots like the peers'.
+fn encode_netns_counters(
+    snap: &Snapshot,
+    slots: &mut Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let groups = crate::model::group_flows(&snap.flows, |k, _| flow_netns(k), usize::MAX)
         .into_iter()
         .map(|(ns, g)| (ns.map_or("unknown".into(), |n| n.to_string()), g))
         .collect();
-    let per_ns = slots.netns.fold(groups, &group_of(&s.snap.other_flow));
-    let counters = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
-        per_ns
+    let per_ns = slots.netns.fold(groups, &group_of(&snap.other_flow));
+    for (name, help, f) in NETNS_SERIES {
+        let series: Vec<(Labels, u64)> = per_ns
             .iter()
             .map(|(ns, g)| (slots.netns_labels(ns), f(g)))
-            .collect()
-    };
-    counter_family(
-        enc,
+            .collect();
+        counter_family(enc, name, help, &series)?;
+    }
+    Ok(())
+}
+
+/// The per-namespace counters.
+const NETNS_SERIES: [GroupSeries; 3] = [
+    (
         "netns_connections",
         "Established connections per network namespace (netns=\"unknown\" while the kernel side does not report namespaces)",
-        &counters(|g| g.established),
-    )?;
-    counter_family(
-        enc,
+        |g| g.established,
+    ),
+    (
         "netns_connect_failures",
         "Failed connects per network namespace",
-        &counters(|g| g.connect_failed),
-    )?;
-    counter_family(
-        enc,
+        |g| g.connect_failed,
+    ),
+    (
         "netns_time_wait_entries",
         "TIME_WAIT entries per network namespace",
-        &counters(|g| g.time_wait_entries),
-    )?;
-    let c = &sum.netns_coverage;
+        |g| g.time_wait_entries,
+    ),
+];
+
+/// How many namespaces were read, and whether that is all of them.
+fn encode_coverage(c: &Coverage, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     gauge_family(
         enc,
         "namespaces",

@@ -259,6 +259,16 @@ impl Snapshot {
     pub fn transition(&self, old: u8, new: u8) -> u64 {
         self.transitions[old as usize][new as usize]
     }
+
+    /// Every (old, new, count) the matrix holds with a count, row by row.
+    pub fn transition_pairs(&self) -> impl Iterator<Item = (u8, u8, u64)> + '_ {
+        self.transitions.iter().enumerate().flat_map(|(o, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(move |(n, count)| (o as u8, n as u8, *count))
+        })
+    }
 }
 
 /// What "volume" means for ranking flows and peers: connections seen plus

@@ -488,16 +488,14 @@ impl RecSnapshot {
             .filter_map(|i| Some((counter_name(i)?, snap.counter(i))))
             .filter(|(_, v)| *v > 0)
             .collect();
-        let mut transitions = Vec::new();
-        for (o, row) in snap.transitions.iter().enumerate() {
-            for (n, count) in row.iter().enumerate().filter(|(_, c)| **c > 0) {
-                transitions.push(RecTransition {
-                    from: state_name(o as u8).into(),
-                    to: state_name(n as u8).into(),
-                    count: *count,
-                });
-            }
-        }
+        let transitions = snap
+            .transition_pairs()
+            .map(|(o, n, count)| RecTransition {
+                from: state_name(o).into(),
+                to: state_name(n).into(),
+                count,
+            })
+            .collect();
         let histograms = (0..hist_kind::COUNT)
             .filter_map(|i| {
                 let h = snap.hists.get(i as usize)?;

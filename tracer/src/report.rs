@@ -1146,18 +1146,14 @@ impl Health {
 
 /// Every (from, to) pair seen, most frequent first.
 fn transition_counts(snap: &Snapshot) -> Vec<TransitionCount> {
-    let mut transitions = Vec::new();
-    for (o, row) in snap.transitions.iter().enumerate() {
-        for (n, count) in row.iter().enumerate() {
-            if *count > 0 {
-                transitions.push(TransitionCount {
-                    from: state_name(o as u8),
-                    to: state_name(n as u8),
-                    count: *count,
-                });
-            }
-        }
-    }
+    let mut transitions: Vec<TransitionCount> = snap
+        .transition_pairs()
+        .map(|(o, n, count)| TransitionCount {
+            from: state_name(o),
+            to: state_name(n),
+            count,
+        })
+        .collect();
     transitions.sort_by(|a, b| b.count.cmp(&a.count).then(a.from.cmp(b.from)));
     transitions
 }
