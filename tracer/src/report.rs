@@ -1022,10 +1022,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
         active_handshake: Handshakes::new(h(hist_kind::ACTIVE), h(hist_kind::ACTIVE_RETRANS)),
         passive_handshake: Handshakes::new(h(hist_kind::PASSIVE), h(hist_kind::PASSIVE_RETRANS)),
         connects: Connects::of(snap),
-        accepts: Accepts {
-            established: snap.counter(counter::PASSIVE_ESTABLISHED),
-            failed: snap.closes(close::PASSIVE_FAILED),
-        },
+        accepts: Accepts::of(snap),
         closes: Closes::of(snap),
         time_wait: TimeWait::of(snap, ctx),
         port_pressure: port_pressure(ctx),
@@ -1055,7 +1052,7 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
 impl Connects {
     /// Connect outcomes; `failed` is every SYN_SENT -> CLOSE, and `other`
     /// what none of the named causes explains.
-    fn of(snap: &Snapshot) -> Self {
+    pub fn of(snap: &Snapshot) -> Self {
         let k = |kind: u8| snap.closes(kind);
         let failed = snap.transition(state::SYN_SENT, state::CLOSE);
         let named = [
@@ -1079,8 +1076,17 @@ impl Connects {
     }
 }
 
+impl Accepts {
+    pub fn of(snap: &Snapshot) -> Self {
+        Accepts {
+            established: snap.counter(counter::PASSIVE_ESTABLISHED),
+            failed: snap.closes(close::PASSIVE_FAILED),
+        }
+    }
+}
+
 impl Closes {
-    fn of(snap: &Snapshot) -> Self {
+    pub fn of(snap: &Snapshot) -> Self {
         let c = |i: u32| snap.counter(i);
         let k = |kind: u8| snap.closes(kind);
         Closes {
@@ -1096,12 +1102,18 @@ impl Closes {
 }
 
 impl TimeWait {
+    /// Entries into the timewait table: TIME_WAIT directly, and orphans
+    /// parked in FIN_WAIT2.
+    pub fn entered(snap: &Snapshot) -> u64 {
+        snap.closes(close::TIME_WAIT) + snap.closes(close::FIN_WAIT2_PARKED)
+    }
+
     /// Entries counted in the kernel, sockets sock_diag sees now, and the
     /// 60 s model between them.
     fn of(snap: &Snapshot, ctx: &Context) -> Self {
         let c = |i: u32| snap.counter(i);
         let k = |kind: u8| snap.closes(kind);
-        let entered = k(close::TIME_WAIT) + k(close::FIN_WAIT2_PARKED);
+        let entered = TimeWait::entered(snap);
         let last_60s = snap.time_wait_last_60s(ctx.now_sec);
         TimeWait {
             entered,
@@ -1124,7 +1136,7 @@ impl TimeWait {
 }
 
 impl Health {
-    fn of(snap: &Snapshot) -> Self {
+    pub fn of(snap: &Snapshot) -> Self {
         let c = |i: u32| snap.counter(i);
         Health {
             transitions_counted: c(counter::TRANSITIONS),
