@@ -101,11 +101,6 @@ fn from_counts(c: &[u64; COUNTED.len()]) -> GroupStats {
     g
 }
 
-/// Volume of the counted fields, as `GroupStats::volume` counts it.
-fn counted_volume(g: &GroupStats) -> u64 {
-    g.established + g.connect_failed + g.time_wait_entries + g.resets
-}
-
 /// Labels with their own series, re-ranked at each scrape by recent
 /// activity (see the module doc): at most `max` labels, the rest in `other`.
 #[derive(Debug, Default)]
@@ -151,7 +146,7 @@ impl PeerSlots {
                     now.saturating_sub(before)
                 });
             }
-            let recent = self.score.get(label).map_or(0, |s| s / 2) + counted_volume(&d);
+            let recent = self.score.get(label).map_or(0, |s| s / 2) + d.volume();
             score.insert(label.clone(), recent);
             deltas.insert(label.clone(), d);
         }
@@ -175,7 +170,7 @@ impl PeerSlots {
         for (_, v) in &out {
             each_counted(&mut rest, v, |t, v| t.saturating_sub(v));
         }
-        self.other_shown |= counted_volume(&rest) > 0 || rest.retransmits > 0;
+        self.other_shown |= rest.volume() > 0 || rest.retransmits > 0;
         if self.other_shown {
             out.push(("other".into(), rest));
         }

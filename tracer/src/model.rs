@@ -271,8 +271,9 @@ impl Snapshot {
     }
 }
 
-/// What "volume" means for ranking flows and peers: connections seen plus
-/// TIME_WAIT entries and resets (`GroupStats::volume` is the same sum).
+/// What "volume" means for ranking flows, peers and series: connections
+/// seen plus TIME_WAIT entries and resets. The one definition: groups
+/// (`GroupStats::volume`) and the exporter's slots use it too.
 pub fn flow_volume(f: &FlowStats) -> u64 {
     f.established + f.connect_failed + f.time_wait + f.resets_sent + f.resets_received
 }
@@ -387,9 +388,15 @@ impl GroupStats {
     }
 
     /// What "volume" means for the top-N ordering: `flow_volume` of the
-    /// group's figures.
+    /// group's figures (`resets` holds both directions).
     pub fn volume(&self) -> u64 {
-        self.established + self.connect_failed + self.time_wait_entries + self.resets
+        flow_volume(&FlowStats {
+            established: self.established,
+            connect_failed: self.connect_failed,
+            time_wait: self.time_wait_entries,
+            resets_sent: self.resets,
+            ..FlowStats::default()
+        })
     }
 }
 
@@ -695,6 +702,28 @@ mod tests {
     use tracer_common::{close, counter, errno, hist_kind};
 
     const PEER: [u8; 4] = [10, 0, 0, 1];
+
+    #[test]
+    fn a_groups_volume_is_the_flow_volume_of_its_flows() {
+        let mut r = Replay::default();
+        for i in 0..4 {
+            r.active_open(i, 10, PEER, 80, 1_000, 0);
+            r.active_close_to_time_wait(i, true);
+        }
+        r.passive_open(10, 11, [10, 0, 0, 2], 8080, 1_000, 0);
+        r.passive_close(10);
+        r.refused(20, 10, PEER, 81);
+        r.refused(21, 12, PEER, 81);
+        let snap = r.snapshot();
+        let groups = group_flows(&snap.flows, |k, _| k.port, usize::MAX);
+        assert_eq!(groups.len(), 3);
+        for (port, g) in groups {
+            let flows = snap.flows.iter().filter(|(k, _)| k.port == port);
+            let want: u64 = flows.map(|(_, f)| flow_volume(f)).sum();
+            assert!(want > 0);
+            assert_eq!(g.volume(), want, "port {port}");
+        }
+    }
 
     #[test]
     fn active_open_counts_and_times_the_handshake() {
