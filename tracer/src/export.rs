@@ -1203,16 +1203,13 @@ mod tests {
         for ns in 1..=5u32 {
             tally.begin_namespace(ns, None);
             for i in 0..ns {
-                tally.add(&DiagSocket {
-                    state: tracer_common::state::TIME_WAIT,
-                    src: "127.0.0.1".parse().unwrap(),
-                    sport: 40000 + i as u16,
-                    dst: "127.0.0.1".parse().unwrap(),
-                    dport: 9000,
-                    cookie: 0,
-                    inode: 0,
-                    uid: 0,
-                });
+                tally.add(&DiagSocket::test(
+                    tracer_common::state::TIME_WAIT,
+                    "127.0.0.1",
+                    40000 + i as u16,
+                    "127.0.0.1",
+                    9000,
+                ));
             }
         }
         let mut ctx = crate::report::Context::defaults(&tally);

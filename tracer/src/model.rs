@@ -878,43 +878,57 @@ mod tests {
     #[test]
     fn connect_failures_by_errno() {
         use tracer_common::account::classify_close;
-        assert_eq!(
-            classify_close(state::SYN_SENT, errno::ETIMEDOUT, false, 40000),
-            close::CONNECT_TIMEOUT
-        );
-        assert_eq!(
-            classify_close(state::SYN_SENT, errno::EHOSTUNREACH, false, 40000),
-            close::CONNECT_UNREACHABLE
-        );
-        assert_eq!(
-            classify_close(state::SYN_SENT, 0, false, 40000),
-            close::CONNECT_ABORTED
-        );
-        // No local port ever assigned: EADDRNOTAVAIL, not an abort.
-        assert_eq!(
-            classify_close(state::SYN_SENT, 0, false, 0),
-            close::CONNECT_NO_LOCAL_PORT
-        );
-        assert_eq!(
-            classify_close(state::ESTABLISHED, errno::ETIMEDOUT, false, 40000),
-            close::TIMEOUT
-        );
-        assert_eq!(
-            classify_close(state::CLOSE_WAIT, errno::EPIPE, true, 40000),
-            close::RESET_RECEIVED
-        );
-        assert_eq!(
-            classify_close(state::FIN_WAIT2, errno::ECONNRESET, false, 40000),
-            close::RESET_RECEIVED
-        );
-        assert_eq!(
-            classify_close(state::SYN_RECV, 0, false, 40000),
-            close::PASSIVE_FAILED
-        );
-        assert_eq!(
-            classify_close(state::LISTEN, 0, false, 40000),
-            close::LISTENER_CLOSED
-        );
+        // (old state, sk_err, FIN received, local port, close kind)
+        let cases = [
+            (
+                state::SYN_SENT,
+                errno::ETIMEDOUT,
+                false,
+                40000,
+                close::CONNECT_TIMEOUT,
+            ),
+            (
+                state::SYN_SENT,
+                errno::EHOSTUNREACH,
+                false,
+                40000,
+                close::CONNECT_UNREACHABLE,
+            ),
+            (state::SYN_SENT, 0, false, 40000, close::CONNECT_ABORTED),
+            // No local port ever assigned: EADDRNOTAVAIL, not an abort.
+            (state::SYN_SENT, 0, false, 0, close::CONNECT_NO_LOCAL_PORT),
+            (
+                state::ESTABLISHED,
+                errno::ETIMEDOUT,
+                false,
+                40000,
+                close::TIMEOUT,
+            ),
+            (
+                state::CLOSE_WAIT,
+                errno::EPIPE,
+                true,
+                40000,
+                close::RESET_RECEIVED,
+            ),
+            (
+                state::FIN_WAIT2,
+                errno::ECONNRESET,
+                false,
+                40000,
+                close::RESET_RECEIVED,
+            ),
+            (state::SYN_RECV, 0, false, 40000, close::PASSIVE_FAILED),
+            (state::LISTEN, 0, false, 40000, close::LISTENER_CLOSED),
+        ];
+        for (old, err, fin, lport, want) in cases {
+            assert_eq!(
+                classify_close(old, err, fin, lport),
+                want,
+                "{} err {err} fin {fin} lport {lport}",
+                state_name(old)
+            );
+        }
     }
 
     #[test]

@@ -2007,14 +2007,8 @@ mod tests {
         r.refused(100, 10, [10, 0, 0, 1], 81);
         let snap = r.snapshot();
         let tw_sock = DiagSocket {
-            state: TIME_WAIT,
-            src: "10.0.0.9".parse().unwrap(),
-            sport: 40000,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport: 80,
             cookie: 1,
-            inode: 0,
-            uid: 0,
+            ..DiagSocket::test(TIME_WAIT, "10.0.0.9", 40000, "10.0.0.1", 80)
         };
         let tally = SocketTally::of(
             &snap,
@@ -2053,16 +2047,8 @@ mod tests {
     #[test]
     fn port_pressure_counts_ephemeral_sockets_per_destination() {
         let snap = Snapshot::empty();
-        let sock = |state, sport, dport| DiagSocket {
-            state,
-            src: "10.0.0.9".parse().unwrap(),
-            sport,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let sock =
+            |state, sport, dport| DiagSocket::test(state, "10.0.0.9", sport, "10.0.0.1", dport);
         let mut socks = vec![
             sock(TIME_WAIT, 40000, 80),
             sock(TIME_WAIT, 40001, 80),
@@ -2135,16 +2121,7 @@ mod tests {
     #[test]
     fn tally_survives_its_record() {
         let snap = Snapshot::empty();
-        let sock = |state, sport| DiagSocket {
-            state,
-            src: "10.0.0.9".parse().unwrap(),
-            sport,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport: 80,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let sock = |state, sport| DiagSocket::test(state, "10.0.0.9", sport, "10.0.0.1", 80);
         let socks = [sock(TIME_WAIT, 40000), sock(ESTABLISHED, 40001)];
         let t = SocketTally::of(&snap, crate::DEFAULT_PORT_RANGE, &socks);
         let r = t.to_record();
@@ -2160,16 +2137,8 @@ mod tests {
     #[test]
     fn two_namespaces_with_the_same_addresses_stay_apart() {
         let snap = Snapshot::empty();
-        let sock = |state, sport, dport| DiagSocket {
-            state,
-            src: "127.0.0.1".parse().unwrap(),
-            sport,
-            dst: "127.0.0.1".parse().unwrap(),
-            dport,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let sock =
+            |state, sport, dport| DiagSocket::test(state, "127.0.0.1", sport, "127.0.0.1", dport);
         let mut t = SocketTally::new(&snap, (40000, 40009));
         // Namespace 1: 5 TIME_WAIT to :9000 on a 10-port range.
         t.begin_namespace(1, Some((40000, 40009)));

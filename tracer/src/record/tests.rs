@@ -11,16 +11,7 @@ use crate::{
 };
 
 fn inputs(snap: &Snapshot) -> ReportInputs {
-    let sock = |st, sport, dport| DiagSocket {
-        state: st,
-        src: "10.0.0.9".parse().unwrap(),
-        sport,
-        dst: "10.0.0.1".parse().unwrap(),
-        dport,
-        cookie: 0,
-        inode: 0,
-        uid: 0,
-    };
+    let sock = |st, sport, dport| DiagSocket::test(st, "10.0.0.9", sport, "10.0.0.1", dport);
     let socks = [
         sock(state::TIME_WAIT, 40000, 80),
         sock(state::TIME_WAIT, 40001, 80),

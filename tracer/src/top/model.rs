@@ -512,16 +512,7 @@ mod tests {
 
     fn inputs(snap: &Snapshot, tw_socks: u16) -> ReportInputs {
         let socks: Vec<DiagSocket> = (0..tw_socks)
-            .map(|i| DiagSocket {
-                state: state::TIME_WAIT,
-                src: "10.0.0.9".parse().unwrap(),
-                sport: 40000 + i,
-                dst: "10.0.0.1".parse().unwrap(),
-                dport: 80,
-                cookie: 0,
-                inode: 0,
-                uid: 0,
-            })
+            .map(|i| DiagSocket::test(state::TIME_WAIT, "10.0.0.9", 40000 + i, "10.0.0.1", 80))
             .collect();
         ReportInputs {
             duration_s: 1.0,
