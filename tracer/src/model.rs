@@ -878,48 +878,21 @@ mod tests {
     #[test]
     fn connect_failures_by_errno() {
         use tracer_common::account::classify_close;
+        use tracer_common::close::*;
+        use tracer_common::errno::*;
+        use tracer_common::state::*;
         // (old state, sk_err, FIN received, local port, close kind)
         let cases = [
-            (
-                state::SYN_SENT,
-                errno::ETIMEDOUT,
-                false,
-                40000,
-                close::CONNECT_TIMEOUT,
-            ),
-            (
-                state::SYN_SENT,
-                errno::EHOSTUNREACH,
-                false,
-                40000,
-                close::CONNECT_UNREACHABLE,
-            ),
-            (state::SYN_SENT, 0, false, 40000, close::CONNECT_ABORTED),
+            (SYN_SENT, ETIMEDOUT, false, 40000, CONNECT_TIMEOUT),
+            (SYN_SENT, EHOSTUNREACH, false, 40000, CONNECT_UNREACHABLE),
+            (SYN_SENT, 0, false, 40000, CONNECT_ABORTED),
             // No local port ever assigned: EADDRNOTAVAIL, not an abort.
-            (state::SYN_SENT, 0, false, 0, close::CONNECT_NO_LOCAL_PORT),
-            (
-                state::ESTABLISHED,
-                errno::ETIMEDOUT,
-                false,
-                40000,
-                close::TIMEOUT,
-            ),
-            (
-                state::CLOSE_WAIT,
-                errno::EPIPE,
-                true,
-                40000,
-                close::RESET_RECEIVED,
-            ),
-            (
-                state::FIN_WAIT2,
-                errno::ECONNRESET,
-                false,
-                40000,
-                close::RESET_RECEIVED,
-            ),
-            (state::SYN_RECV, 0, false, 40000, close::PASSIVE_FAILED),
-            (state::LISTEN, 0, false, 40000, close::LISTENER_CLOSED),
+            (SYN_SENT, 0, false, 0, CONNECT_NO_LOCAL_PORT),
+            (ESTABLISHED, ETIMEDOUT, false, 40000, close::TIMEOUT),
+            (CLOSE_WAIT, EPIPE, true, 40000, RESET_RECEIVED),
+            (FIN_WAIT2, ECONNRESET, false, 40000, RESET_RECEIVED),
+            (SYN_RECV, 0, false, 40000, PASSIVE_FAILED),
+            (LISTEN, 0, false, 40000, LISTENER_CLOSED),
         ];
         for (old, err, fin, lport, want) in cases {
             assert_eq!(
@@ -1069,30 +1042,29 @@ mod tests {
     #[test]
     fn payload_bytes_leave_out_syn_and_fin() {
         use tracer_common::account::payload_bytes;
-        // Raw values read on a real loopback connection: the client sent 100
-        // bytes and got 50, closed first and was parked in FIN_WAIT2; the
-        // server closed after the client's FIN (LAST_ACK → CLOSE).
-        assert_eq!(
-            payload_bytes(dir::ACTIVE, close::FIN_WAIT2_PARKED, false, 50, 102),
-            (50, 100)
-        );
-        assert_eq!(
-            payload_bytes(dir::PASSIVE, close::LAST_ACK, true, 101, 51),
-            (100, 50)
-        );
-        // TIME_WAIT after the peer's FIN: both FINs in sequence space.
-        assert_eq!(
-            payload_bytes(dir::ACTIVE, close::TIME_WAIT, true, 51, 102),
-            (50, 100)
-        );
-        // Abort: no FIN was acked; the SYN still counts on the active side.
-        assert_eq!(
-            payload_bytes(dir::ACTIVE, close::RESET_SENT, false, 7, 1),
-            (7, 0)
-        );
-        assert_eq!(
-            payload_bytes(dir::PASSIVE, close::RESET_RECEIVED, false, 0, 0),
-            (0, 0)
-        );
+        use tracer_common::close::*;
+        use tracer_common::dir::{ACTIVE, PASSIVE};
+        // (side, how it closed, FIN received, bytes_received, bytes_acked) →
+        // (payload received, payload sent)
+        let cases = [
+            // Raw values read on a real loopback connection: the client sent
+            // 100 bytes and got 50, closed first and was parked in FIN_WAIT2;
+            // the server closed after the client's FIN (LAST_ACK → CLOSE).
+            ((ACTIVE, FIN_WAIT2_PARKED, false, 50, 102), (50, 100)),
+            ((PASSIVE, LAST_ACK, true, 101, 51), (100, 50)),
+            // TIME_WAIT after the peer's FIN: both FINs in sequence space.
+            ((ACTIVE, TIME_WAIT, true, 51, 102), (50, 100)),
+            // Abort: no FIN was acked; the SYN still counts on the active side.
+            ((ACTIVE, RESET_SENT, false, 7, 1), (7, 0)),
+            ((PASSIVE, RESET_RECEIVED, false, 0, 0), (0, 0)),
+        ];
+        for ((d, kind, fin, received, acked), want) in cases {
+            assert_eq!(
+                payload_bytes(d, kind, fin, received, acked),
+                want,
+                "{}",
+                close_kind_name(kind)
+            );
+        }
     }
 }
