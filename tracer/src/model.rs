@@ -624,55 +624,49 @@ impl Replay {
     /// peer's FIN came first (SOCK_DONE: TIME_WAIT); without, the orphan is
     /// parked as a FIN_WAIT2 minisock.
     pub fn active_close_to_time_wait(&mut self, sock: u64, fin_received: bool) {
-        self.step(
+        use state::*;
+        self.walk(
             sock,
-            state::ESTABLISHED,
-            state::FIN_WAIT1,
-            0,
-            false,
-            0,
-            None,
-        );
-        self.step(sock, state::FIN_WAIT1, state::FIN_WAIT2, 0, false, 0, None);
-        self.step(
-            sock,
-            state::FIN_WAIT2,
-            state::CLOSE,
-            0,
-            fin_received,
-            0,
-            None,
+            &[
+                (ESTABLISHED, FIN_WAIT1, false),
+                (FIN_WAIT1, FIN_WAIT2, false),
+                (FIN_WAIT2, CLOSE, fin_received),
+            ],
         );
     }
 
     /// ESTABLISHED → CLOSE_WAIT → LAST_ACK → CLOSE.
     pub fn passive_close(&mut self, sock: u64) {
-        self.step(
+        use state::*;
+        self.walk(
             sock,
-            state::ESTABLISHED,
-            state::CLOSE_WAIT,
-            0,
-            true,
-            0,
-            None,
+            &[
+                (ESTABLISHED, CLOSE_WAIT, true),
+                (CLOSE_WAIT, LAST_ACK, true),
+                (LAST_ACK, CLOSE, true),
+            ],
         );
-        self.step(sock, state::CLOSE_WAIT, state::LAST_ACK, 0, true, 0, None);
-        self.step(sock, state::LAST_ACK, state::CLOSE, 0, true, 0, None);
     }
 
     /// ESTABLISHED → FIN_WAIT1 → CLOSING → CLOSE (both FINs crossed).
     pub fn simultaneous_close(&mut self, sock: u64) {
-        self.step(
+        use state::*;
+        self.walk(
             sock,
-            state::ESTABLISHED,
-            state::FIN_WAIT1,
-            0,
-            false,
-            0,
-            None,
+            &[
+                (ESTABLISHED, FIN_WAIT1, false),
+                (FIN_WAIT1, CLOSING, true),
+                (CLOSING, CLOSE, true),
+            ],
         );
-        self.step(sock, state::FIN_WAIT1, state::CLOSING, 0, true, 0, None);
-        self.step(sock, state::CLOSING, state::CLOSE, 0, true, 0, None);
+    }
+
+    /// Transitions (old, new, FIN received) with no error, retransmit or
+    /// handshake time.
+    fn walk(&mut self, sock: u64, steps: &[(u8, u8, bool)]) {
+        for &(old, new, fin) in steps {
+            self.step(sock, old, new, 0, fin, 0, None);
+        }
     }
 
     /// CLOSE → SYN_SENT → CLOSE with ECONNREFUSED.
