@@ -352,40 +352,46 @@ pub fn encode_scrape(
 
 /// The handshake and connection lifetime histograms.
 fn encode_latencies(snap: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    {
-        let mut m = enc.encode_descriptor(
-            "handshake_duration",
-            "TCP handshake latency: active = connect() to ESTABLISHED, passive = the server's SYN-ACK round trip; retransmitted = SYN/SYN-ACK retransmits were needed",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for (side, clean, retx) in [
-            ("active", hist_kind::ACTIVE, hist_kind::ACTIVE_RETRANS),
-            ("passive", hist_kind::PASSIVE, hist_kind::PASSIVE_RETRANS),
-        ] {
-            for (r, kind) in [("false", clean), ("true", retx)] {
-                let l = labels(&[("side", side), ("retransmitted", r)]);
-                histogram_series(
-                    &mut m,
-                    Some(&l),
-                    &snap.hists[kind as usize],
-                    HANDSHAKE_BOUNDS_S,
-                )?;
-            }
+    let h = |kind: u32| &snap.hists[kind as usize];
+    let mut handshakes = Vec::new();
+    for (side, clean, retx) in [
+        ("active", hist_kind::ACTIVE, hist_kind::ACTIVE_RETRANS),
+        ("passive", hist_kind::PASSIVE, hist_kind::PASSIVE_RETRANS),
+    ] {
+        for (r, kind) in [("false", clean), ("true", retx)] {
+            let l = labels(&[("side", side), ("retransmitted", r)]);
+            handshakes.push((Some(l), h(kind)));
         }
     }
-    let mut m = enc.encode_descriptor(
+    histogram_family(
+        enc,
+        "handshake_duration",
+        "TCP handshake latency: active = connect() to ESTABLISHED, passive = the server's SYN-ACK round trip; retransmitted = SYN/SYN-ACK retransmits were needed",
+        HANDSHAKE_BOUNDS_S,
+        &handshakes,
+    )?;
+    histogram_family(
+        enc,
         "connection_lifetime",
         "Lifetime of established connections at close, from connect() / the final handshake ACK",
-        Some(&Unit::Seconds),
-        MetricType::Histogram,
-    )?;
-    histogram_series(
-        &mut m,
-        None,
-        &snap.hists[hist_kind::LIFETIME as usize],
         LIFETIME_BOUNDS_S,
+        &[(None, h(hist_kind::LIFETIME))],
     )
+}
+
+/// A histogram metric in seconds: one series per (labels, histogram).
+fn histogram_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    series: &[(Option<Labels>, &Histogram)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (l, h) in series {
+        histogram_series(&mut m, l.as_ref(), h, bounds)?;
+    }
+    Ok(())
 }
 
 /// Transitions, connects and their failures, resets, close paths.
