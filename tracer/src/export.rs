@@ -1282,4 +1282,200 @@ mod tests {
         assert!(series(&text, "tcp_tracer_netns_connections_total").is_empty());
         assert!(text.contains("tcp_tracer_namespaces_complete 0"), "{text}");
     }
+
+    /// Every host-wide total of the summary is the same number in the text
+    /// report, the JSON and /metrics. Each counter slot holds a different
+    /// value, so a figure read from the wrong slot (or computed another
+    /// way) cannot match by chance.
+    #[test]
+    fn every_total_is_the_same_in_text_json_and_metrics() {
+        use tracer_common::{close, counter, state};
+        let mut snap = Snapshot::empty();
+        for (i, c) in snap.counters.iter_mut().enumerate() {
+            *c = 1000 + 37 * i as u64;
+        }
+        let failed: u64 = [
+            close::CONNECT_REFUSED,
+            close::CONNECT_TIMEOUT,
+            close::CONNECT_UNREACHABLE,
+            close::CONNECT_ABORTED,
+            close::CONNECT_NO_LOCAL_PORT,
+        ]
+        .iter()
+        .map(|k| snap.closes(*k))
+        .sum();
+        snap.transitions[state::SYN_SENT as usize][state::CLOSE as usize] = failed + 11;
+        snap.time_wait_by_second = vec![(90, 5), (99, 3)];
+        let tally = crate::report::SocketTally::new(&snap, crate::DEFAULT_PORT_RANGE);
+        let mut ctx = crate::report::Context::defaults(&tally);
+        ctx.now_sec = 100;
+        let summary = crate::report::build(&snap, &ctx);
+        let text = crate::report::render_text(&summary);
+        let json = serde_json::to_value(&summary).unwrap();
+        let sum = &summary;
+        let (cn, tw) = (&sum.connects, &sum.time_wait);
+        assert_eq!(cn.other, 11);
+        assert_eq!(cn.attempts, snap.counter(counter::CONNECT_ATTEMPTS));
+        let scrape = Scrape {
+            snap,
+            summary: summary.clone(),
+            run_stats: RunStats::default(),
+            stats_enabled: false,
+        };
+        let om = openmetrics_of(scrape);
+        let mut checked = 0;
+        for (pointer, sample, fragment) in TOTALS {
+            let v = json.pointer(pointer).and_then(|j| j.as_u64());
+            let v = v.unwrap_or_else(|| panic!("{pointer} not in the JSON"));
+            let line = format!("{PREFIX}_{sample} {v}");
+            assert!(om.lines().any(|l| l == line), "{line} not in /metrics");
+            let shown = fragment.replace("{}", &v.to_string());
+            assert!(text.contains(&shown), "{shown:?} not in the text report");
+            checked += 1;
+        }
+        let model = &tw.model;
+        assert_eq!(model.entered_last_60s, 8);
+        let line = format!(
+            "{PREFIX}_time_wait_expected_sockets {}.0",
+            model.entered_last_60s
+        );
+        assert!(om.lines().any(|l| l == line), "{line}");
+        assert!(text.contains(&format!(
+            "model: {} entered in the last 60 s",
+            model.entered_last_60s
+        )));
+        for (name, _, v) in sum.tracer.entries() {
+            let line = format!("{PREFIX}_{name}_total {v}");
+            assert!(om.lines().any(|l| l == line), "{line} not in /metrics");
+            assert!(
+                text.contains(&format!("{name} {v}")),
+                "{name} {v} not in the text report"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 20 + 13);
+    }
+
+    /// Host-wide totals: (JSON pointer, /metrics sample, the text report's
+    /// words around the value).
+    const TOTALS: [(&str, &str, &str); 20] = [
+        (
+            "/connects/attempts",
+            "connect_attempts_total",
+            "Connects: {} attempted",
+        ),
+        (
+            "/connects/established",
+            r#"connections_established_total{side="active"}"#,
+            "attempted, {} established",
+        ),
+        (
+            "/accepts/established",
+            r#"connections_established_total{side="passive"}"#,
+            "Accepts:  {} established",
+        ),
+        (
+            "/connects/refused",
+            r#"connect_failures_total{reason="refused"}"#,
+            "refused {}",
+        ),
+        (
+            "/connects/timed_out",
+            r#"connect_failures_total{reason="timed_out"}"#,
+            "timed out {}",
+        ),
+        (
+            "/connects/unreachable",
+            r#"connect_failures_total{reason="unreachable"}"#,
+            "unreachable {}",
+        ),
+        (
+            "/connects/aborted",
+            r#"connect_failures_total{reason="aborted"}"#,
+            "aborted {}",
+        ),
+        (
+            "/connects/no_local_port",
+            r#"connect_failures_total{reason="no_local_port"}"#,
+            "no local port {}",
+        ),
+        (
+            "/connects/other",
+            r#"connect_failures_total{reason="other"}"#,
+            "other {})",
+        ),
+        (
+            "/closes/resets_sent",
+            r#"resets_total{direction="sent"}"#,
+            "Resets:   {} sent",
+        ),
+        (
+            "/closes/resets_received",
+            r#"resets_total{direction="received"}"#,
+            "sent, {} received",
+        ),
+        (
+            "/closes/closed_here_first",
+            r#"closes_total{path="closed_here_first"}"#,
+            "Closes:   {} closed here first",
+        ),
+        (
+            "/closes/closed_by_peer_first",
+            r#"closes_total{path="closed_by_peer_first"}"#,
+            "{} by peer first",
+        ),
+        (
+            "/closes/simultaneous",
+            r#"closes_total{path="simultaneous"}"#,
+            "{} simultaneous",
+        ),
+        (
+            "/closes/passive_close_completed",
+            r#"closes_total{path="passive_close_completed"}"#,
+            "{} passive closes completed",
+        ),
+        (
+            "/closes/timeouts",
+            r#"closes_total{path="timeout"}"#,
+            "{} connections timed out",
+        ),
+        (
+            "/time_wait/via_fin_wait2",
+            r#"closes_total{path="fin_wait2_parked"}"#,
+            "{} via FIN_WAIT2",
+        ),
+        (
+            "/time_wait/entered_by_side/active_opened",
+            r#"time_wait_entries_total{side="active"}"#,
+            "{} on connections opened here",
+        ),
+        (
+            "/time_wait/entered_by_side/passive_opened",
+            r#"time_wait_entries_total{side="passive"}"#,
+            "{} on accepted ones",
+        ),
+        (
+            "/time_wait/entered_by_side/unknown",
+            r#"time_wait_entries_total{side="unknown"}"#,
+            "{} unknown",
+        ),
+    ];
+
+    /// The OpenMetrics text of one scrape with fresh slots.
+    fn openmetrics_of(scrape: Scrape) -> String {
+        struct One(Mutex<(Scrape, Slots)>);
+        impl std::fmt::Debug for One {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("One")
+            }
+        }
+        impl Collector for One {
+            fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                let mut g = self.0.lock().unwrap();
+                let (s, slots) = &mut *g;
+                encode_scrape(s, slots, enc)
+            }
+        }
+        openmetrics(&registry(One(Mutex::new((scrape, Slots::new(5)))))).unwrap()
+    }
 }
