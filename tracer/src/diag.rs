@@ -41,6 +41,24 @@ pub struct DiagSocket {
     pub uid: u32,
 }
 
+#[cfg(test)]
+impl DiagSocket {
+    /// A socket in `state` from `src:sport` to `dst:dport` (cookie, inode
+    /// and uid 0): what the tests' tallies are made of.
+    pub(crate) fn test(state: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Self {
+        DiagSocket {
+            state,
+            src: src.parse().unwrap(),
+            sport,
+            dst: dst.parse().unwrap(),
+            dport,
+            cookie: 0,
+            inode: 0,
+            uid: 0,
+        }
+    }
+}
+
 /// Which states to ask for.
 pub fn states(list: &[u8]) -> u32 {
     list.iter().fold(0u32, |acc, s| acc | (1u32 << s))

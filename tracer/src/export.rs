@@ -26,13 +26,13 @@ use prometheus_client::{
     metrics::MetricType,
     registry::{Registry, Unit},
 };
-use tracer_common::{close, counter, dir, hist, hist_kind};
+use tracer_common::{hist, hist_kind};
 
 use crate::{
     diag::Population,
     model::{flow_netns, group_of, state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
-    report::Summary,
+    report::{Coverage, Summary},
 };
 
 pub const PREFIX: &str = "tcp_tracer";
@@ -101,11 +101,6 @@ fn from_counts(c: &[u64; COUNTED.len()]) -> GroupStats {
     g
 }
 
-/// Volume of the counted fields, as `GroupStats::volume` counts it.
-fn counted_volume(g: &GroupStats) -> u64 {
-    g.established + g.connect_failed + g.time_wait_entries + g.resets
-}
-
 /// Labels with their own series, re-ranked at each scrape by recent
 /// activity (see the module doc): at most `max` labels, the rest in `other`.
 #[derive(Debug, Default)]
@@ -151,7 +146,7 @@ impl PeerSlots {
                     now.saturating_sub(before)
                 });
             }
-            let recent = self.score.get(label).map_or(0, |s| s / 2) + counted_volume(&d);
+            let recent = self.score.get(label).map_or(0, |s| s / 2) + d.volume();
             score.insert(label.clone(), recent);
             deltas.insert(label.clone(), d);
         }
@@ -175,7 +170,7 @@ impl PeerSlots {
         for (_, v) in &out {
             each_counted(&mut rest, v, |t, v| t.saturating_sub(v));
         }
-        self.other_shown |= counted_volume(&rest) > 0 || rest.retransmits > 0;
+        self.other_shown |= rest.volume() > 0 || rest.retransmits > 0;
         if self.other_shown {
             out.push(("other".into(), rest));
         }
@@ -339,95 +334,98 @@ fn histogram_series(
 }
 
 /// Encode one scrape. Pure: unit tests call it on synthetic snapshots.
+/// Every total comes from the summary (the same figures the report shows);
+/// the snapshot gives the histograms, the matrix and the flows to slot.
 pub fn encode_scrape(
     s: &Scrape,
     slots: &mut Slots,
     mut enc: DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let snap = &s.snap;
-    let c = |i: u32| snap.counter(i);
-    let k = |kind: u8| snap.closes(kind);
+    encode_latencies(&s.snap, &mut enc)?;
+    encode_state_machine(s, &mut enc)?;
+    encode_population(&s.summary, &mut enc)?;
+    encode_peers(&s.snap, slots, &mut enc)?;
+    encode_namespaces(s, slots, &mut enc)?;
+    encode_listeners(&s.summary.listen, &mut enc)?;
+    encode_health(s, &mut enc)
+}
 
-    // Handshake latency.
-    {
-        let mut m = enc.encode_descriptor(
-            "handshake_duration",
-            "TCP handshake latency: active = connect() to ESTABLISHED, passive = the server's SYN-ACK round trip; retransmitted = SYN/SYN-ACK retransmits were needed",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        for (side, clean, retx) in [
-            ("active", hist_kind::ACTIVE, hist_kind::ACTIVE_RETRANS),
-            ("passive", hist_kind::PASSIVE, hist_kind::PASSIVE_RETRANS),
-        ] {
-            for (r, kind) in [("false", clean), ("true", retx)] {
-                let l = labels(&[("side", side), ("retransmitted", r)]);
-                histogram_series(
-                    &mut m,
-                    Some(&l),
-                    &snap.hists[kind as usize],
-                    HANDSHAKE_BOUNDS_S,
-                )?;
-            }
+/// The handshake and connection lifetime histograms.
+fn encode_latencies(snap: &Snapshot, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let h = |kind: u32| &snap.hists[kind as usize];
+    let mut handshakes = Vec::new();
+    for (side, clean, retx) in [
+        ("active", hist_kind::ACTIVE, hist_kind::ACTIVE_RETRANS),
+        ("passive", hist_kind::PASSIVE, hist_kind::PASSIVE_RETRANS),
+    ] {
+        for (r, kind) in [("false", clean), ("true", retx)] {
+            let l = labels(&[("side", side), ("retransmitted", r)]);
+            handshakes.push((Some(l), h(kind)));
         }
     }
-    {
-        let mut m = enc.encode_descriptor(
-            "connection_lifetime",
-            "Lifetime of established connections at close, from connect() / the final handshake ACK",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-        )?;
-        histogram_series(
-            &mut m,
-            None,
-            &snap.hists[hist_kind::LIFETIME as usize],
-            LIFETIME_BOUNDS_S,
-        )?;
-    }
+    histogram_family(
+        enc,
+        "handshake_duration",
+        "TCP handshake latency: active = connect() to ESTABLISHED, passive = the server's SYN-ACK round trip; retransmitted = SYN/SYN-ACK retransmits were needed",
+        HANDSHAKE_BOUNDS_S,
+        &handshakes,
+    )?;
+    histogram_family(
+        enc,
+        "connection_lifetime",
+        "Lifetime of established connections at close, from connect() / the final handshake ACK",
+        LIFETIME_BOUNDS_S,
+        &[(None, h(hist_kind::LIFETIME))],
+    )
+}
 
-    // State machine.
-    let mut transitions = Vec::new();
-    for (o, row) in snap.transitions.iter().enumerate() {
-        for (n, v) in row.iter().enumerate() {
-            if *v > 0 {
-                transitions.push((
-                    labels(&[("from", state_name(o as u8)), ("to", state_name(n as u8))]),
-                    *v,
-                ));
-            }
-        }
+/// A histogram metric in seconds: one series per (labels, histogram).
+fn histogram_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    series: &[(Option<Labels>, &Histogram)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for (l, h) in series {
+        histogram_series(&mut m, l.as_ref(), h, bounds)?;
     }
+    Ok(())
+}
+
+/// Transitions, connects and their failures, resets, close paths.
+fn encode_state_machine(s: &Scrape, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let transitions: Vec<(Labels, u64)> = s
+        .snap
+        .transition_pairs()
+        .map(|(o, n, v)| (labels(&[("from", state_name(o)), ("to", state_name(n))]), v))
+        .collect();
     counter_family(
-        &mut enc,
+        enc,
         "transitions",
         "TCP state transitions by old and new state",
         &transitions,
     )?;
+    let sum = &s.summary;
+    let cn = &sum.connects;
     counter1(
-        &mut enc,
+        enc,
         "connect_attempts",
         "connect() calls (CLOSE -> SYN_SENT)",
-        c(counter::CONNECT_ATTEMPTS),
+        cn.attempts,
     )?;
     counter_family(
-        &mut enc,
+        enc,
         "connections_established",
         "Handshakes completed, by side",
         &[
-            (
-                labels(&[("side", "active")]),
-                c(counter::ACTIVE_ESTABLISHED),
-            ),
-            (
-                labels(&[("side", "passive")]),
-                c(counter::PASSIVE_ESTABLISHED),
-            ),
+            (labels(&[("side", "active")]), cn.established),
+            (labels(&[("side", "passive")]), sum.accepts.established),
         ],
     )?;
-    let cn = &s.summary.connects;
     counter_family(
-        &mut enc,
+        enc,
         "connect_failures",
         "Failed connects (SYN_SENT -> CLOSE) by reason",
         &[
@@ -439,53 +437,55 @@ pub fn encode_scrape(
             (labels(&[("reason", "other")]), cn.other),
         ],
     )?;
+    let cl = &sum.closes;
     counter_family(
-        &mut enc,
+        enc,
         "resets",
         "Established connections ended by RST, by direction",
         &[
-            (labels(&[("direction", "sent")]), k(close::RESET_SENT)),
-            (
-                labels(&[("direction", "received")]),
-                k(close::RESET_RECEIVED),
-            ),
+            (labels(&[("direction", "sent")]), cl.resets_sent),
+            (labels(&[("direction", "received")]), cl.resets_received),
         ],
     )?;
     counter_family(
-        &mut enc,
+        enc,
         "closes",
         "Connection close paths: who sent the first FIN, simultaneous closes, completed passive closes, timeouts, orphans parked in FIN_WAIT2",
         &[
-            (labels(&[("path", "closed_here_first")]), c(counter::CLOSE_LOCAL_FIRST)),
-            (labels(&[("path", "closed_by_peer_first")]), c(counter::CLOSE_PEER_FIRST)),
-            (labels(&[("path", "simultaneous")]), c(counter::CLOSE_SIMULTANEOUS)),
-            (labels(&[("path", "passive_close_completed")]), k(close::LAST_ACK)),
-            (labels(&[("path", "timeout")]), k(close::TIMEOUT)),
-            (labels(&[("path", "fin_wait2_parked")]), k(close::FIN_WAIT2_PARKED)),
+            (labels(&[("path", "closed_here_first")]), cl.closed_here_first),
+            (labels(&[("path", "closed_by_peer_first")]), cl.closed_by_peer_first),
+            (labels(&[("path", "simultaneous")]), cl.simultaneous),
+            (labels(&[("path", "passive_close_completed")]), cl.passive_close_completed),
+            (labels(&[("path", "timeout")]), cl.timeouts),
+            (labels(&[("path", "fin_wait2_parked")]), sum.time_wait.via_fin_wait2),
         ],
-    )?;
+    )
+}
 
-    // TIME_WAIT and the population.
+/// TIME_WAIT entries and the population now: sockets by state, leaks,
+/// ephemeral port use per destination.
+fn encode_population(sum: &Summary, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let tw = &sum.time_wait;
+    let side = &tw.entered_by_side;
     counter_family(
-        &mut enc,
+        enc,
         "time_wait_entries",
         "Connections entering TIME_WAIT (incl. orphans parked in FIN_WAIT2), by the side that opened them",
         &[
-            (labels(&[("side", "active")]), c(counter::TIME_WAIT_BY_DIR + dir::ACTIVE as u32)),
-            (labels(&[("side", "passive")]), c(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32)),
-            (labels(&[("side", "unknown")]), c(counter::TIME_WAIT_BY_DIR + dir::UNKNOWN as u32)),
+            (labels(&[("side", "active")]), side.active_opened),
+            (labels(&[("side", "passive")]), side.passive_opened),
+            (labels(&[("side", "unknown")]), side.unknown),
         ],
     )?;
-    let tw = &s.summary.time_wait;
     gauge_family(
-        &mut enc,
+        enc,
         "time_wait_expected_sockets",
         "TIME_WAIT entries of the last 60 s: the population the entries predict",
         &[(Vec::new(), tw.model.entered_last_60s as f64)],
     )?;
     let now = &tw.now;
     gauge_family(
-        &mut enc,
+        enc,
         "sockets",
         "TCP sockets by state now (sock_diag, what ss shows)",
         &[
@@ -496,17 +496,16 @@ pub fn encode_scrape(
         ],
     )?;
     gauge_family(
-        &mut enc,
+        enc,
         "close_wait_leaked_sockets",
         "Sockets in CLOSE_WAIT longer than the leak threshold (the application never called close())",
-        &[(Vec::new(), s.summary.close_wait.leaks.len() as f64)],
+        &[(Vec::new(), sum.close_wait.leaks.len() as f64)],
     )?;
-    let pp = &s.summary.port_pressure;
     gauge_family(
-        &mut enc,
+        enc,
         "port_pressure_ratio",
         "Share of the ephemeral port range one destination (local addr -> remote addr:port) holds, top N destinations",
-        &pp.destinations
+        &sum.port_pressure.destinations
             .iter()
             .map(|r| {
                 (
@@ -515,9 +514,15 @@ pub fn encode_scrape(
                 )
             })
             .collect::<Vec<_>>(),
-    )?;
+    )
+}
 
-    // Per peer, bounded.
+/// Per peer, in bounded, re-ranked slots (see the module doc).
+fn encode_peers(
+    snap: &Snapshot,
+    slots: &mut Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
     let groups = crate::report::peer_groups(&snap.flows, usize::MAX)
         .into_iter()
         .map(|(label, _, g)| (label, g))
@@ -529,46 +534,48 @@ pub fn encode_scrape(
             .map(|(p, g)| (labels(&[("peer", p)]), f(g)))
             .collect()
     };
-    counter_family(
-        &mut enc,
+    for (name, help, f) in PEER_SERIES {
+        counter_family(enc, name, help, &per_peer(f))?;
+    }
+    Ok(())
+}
+
+/// A counter over groups: (name, help, the group's figure).
+type GroupSeries = (&'static str, &'static str, fn(&GroupStats) -> u64);
+
+/// The per-peer counters.
+const PEER_SERIES: [GroupSeries; 5] = [
+    (
         "peer_connections",
         "Established connections per peer (remote addr:port, or client addr -> :local port)",
-        &per_peer(|g| g.established),
-    )?;
-    counter_family(
-        &mut enc,
-        "peer_connect_failures",
-        "Failed connects per peer",
-        &per_peer(|g| g.connect_failed),
-    )?;
-    counter_family(
-        &mut enc,
+        |g| g.established,
+    ),
+    ("peer_connect_failures", "Failed connects per peer", |g| {
+        g.connect_failed
+    }),
+    (
         "peer_time_wait_entries",
         "TIME_WAIT entries per peer",
-        &per_peer(|g| g.time_wait_entries),
-    )?;
-    counter_family(
-        &mut enc,
-        "peer_resets",
-        "Resets (sent + received) per peer",
-        &per_peer(|g| g.resets),
-    )?;
-    counter_family(
-        &mut enc,
+        |g| g.time_wait_entries,
+    ),
+    ("peer_resets", "Resets (sent + received) per peer", |g| {
+        g.resets
+    }),
+    (
         "peer_handshake_retransmits",
         "Handshakes that needed SYN/SYN-ACK retransmits, per peer",
-        &per_peer(|g| g.handshakes_with_retransmits),
-    )?;
+        |g| g.handshakes_with_retransmits,
+    ),
+];
 
-    encode_namespaces(s, slots, &mut enc)?;
-    encode_listeners(&s.summary.listen, &mut enc)?;
-
-    // The tracer's own health: the same list the text report prints.
+/// The tracer's own health: the same list the text report prints, and the
+/// kernel program's run statistics.
+fn encode_health(s: &Scrape, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     for (name, help, value) in s.summary.tracer.entries() {
-        counter1(&mut enc, name, help, value)?;
+        counter1(enc, name, help, value)?;
     }
     counter1(
-        &mut enc,
+        enc,
         "bpf_runs",
         "Invocations of the kernel program (counted while BPF stats are enabled)",
         s.run_stats.run_count,
@@ -583,12 +590,11 @@ pub fn encode_scrape(
         m.encode_counter::<NoLabelSet, _, u64>(&(s.run_stats.run_time_ns as f64 / 1e9), None)?;
     }
     gauge_family(
-        &mut enc,
+        enc,
         "bpf_stats_enabled",
         "1 when the kernel collects BPF run-time statistics",
         &[(Vec::new(), if s.stats_enabled { 1.0 } else { 0.0 })],
-    )?;
-    Ok(())
+    )
 }
 
 /// Every listening socket (bounded by the host's listeners, not by
@@ -646,9 +652,16 @@ fn encode_namespaces(
     slots: &mut Slots,
     enc: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let sum = &s.summary;
-    let top = slots.netns.max;
-    for r in sum.namespaces.iter().take(top) {
+    admit_netns_labels(&s.summary, slots);
+    encode_netns_population(&s.summary, slots, enc)?;
+    encode_netns_counters(&s.snap, slots, enc)?;
+    encode_coverage(&s.summary.netns_coverage, enc)
+}
+
+/// The pod and container labels of each namespace among the `top` listed,
+/// fixed when the namespace first gets a series.
+fn admit_netns_labels(sum: &Summary, slots: &mut Slots) {
+    for r in sum.namespaces.iter().take(slots.netns.max) {
         let pod = r.pod.clone().or(r.pod_uid.clone()).unwrap_or_default();
         let container = (r.container_name.clone().or(r.container.clone()))
             .or(r.unit.clone())
@@ -658,7 +671,18 @@ fn encode_namespaces(
             .entry(r.netns.to_string())
             .or_insert((pod, container));
     }
+}
+
+/// Sockets by state and CLOSE_WAIT leaks of the `top` namespaces, the rest
+/// in `netns="other"` once there are that many.
+fn encode_netns_population(
+    sum: &Summary,
+    slots: &Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let top = slots.netns.max;
     let rows: Vec<_> = sum.namespaces.iter().take(top).collect();
+    let with_other = sum.namespaces.len() >= top;
     let other_labels = slots.netns_labels("other");
     let mut sockets = Vec::new();
     for (state, total, of) in [
@@ -680,7 +704,7 @@ fn encode_namespaces(
             rest = rest.saturating_sub(of(&r.now));
             sockets.push((l, of(&r.now) as f64));
         }
-        if sum.namespaces.len() >= top {
+        if with_other {
             let mut l = other_labels.clone();
             l.push(("state", state.to_string()));
             sockets.push((l, rest as f64));
@@ -701,7 +725,7 @@ fn encode_namespaces(
             )
         })
         .collect();
-    if sum.namespaces.len() >= top {
+    if with_other {
         let listed: u64 = rows.iter().map(|r| r.close_wait_leaks).sum();
         let all = sum.close_wait.leaks.len() as u64;
         leaks.push((other_labels, all.saturating_sub(listed) as f64));
@@ -711,37 +735,51 @@ fn encode_namespaces(
         "netns_close_wait_leaked_sockets",
         "CLOSE_WAIT sockets older than the leak threshold, per network namespace (top N)",
         &leaks,
-    )?;
-    let groups = crate::model::group_flows(&s.snap.flows, |k, _| flow_netns(k), usize::MAX)
+    )
+}
+
+/// Flow counters per namespace, in re-ranked slots like the peers'.
+fn encode_netns_counters(
+    snap: &Snapshot,
+    slots: &mut Slots,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let groups = crate::model::group_flows(&snap.flows, |k, _| flow_netns(k), usize::MAX)
         .into_iter()
         .map(|(ns, g)| (ns.map_or("unknown".into(), |n| n.to_string()), g))
         .collect();
-    let per_ns = slots.netns.fold(groups, &group_of(&s.snap.other_flow));
-    let counters = |f: fn(&GroupStats) -> u64| -> Vec<(Labels, u64)> {
-        per_ns
+    let per_ns = slots.netns.fold(groups, &group_of(&snap.other_flow));
+    for (name, help, f) in NETNS_SERIES {
+        let series: Vec<(Labels, u64)> = per_ns
             .iter()
             .map(|(ns, g)| (slots.netns_labels(ns), f(g)))
-            .collect()
-    };
-    counter_family(
-        enc,
+            .collect();
+        counter_family(enc, name, help, &series)?;
+    }
+    Ok(())
+}
+
+/// The per-namespace counters.
+const NETNS_SERIES: [GroupSeries; 3] = [
+    (
         "netns_connections",
         "Established connections per network namespace (netns=\"unknown\" while the kernel side does not report namespaces)",
-        &counters(|g| g.established),
-    )?;
-    counter_family(
-        enc,
+        |g| g.established,
+    ),
+    (
         "netns_connect_failures",
         "Failed connects per network namespace",
-        &counters(|g| g.connect_failed),
-    )?;
-    counter_family(
-        enc,
+        |g| g.connect_failed,
+    ),
+    (
         "netns_time_wait_entries",
         "TIME_WAIT entries per network namespace",
-        &counters(|g| g.time_wait_entries),
-    )?;
-    let c = &sum.netns_coverage;
+        |g| g.time_wait_entries,
+    ),
+];
+
+/// How many namespaces were read, and whether that is all of them.
+fn encode_coverage(c: &Coverage, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     gauge_family(
         enc,
         "namespaces",
@@ -1171,16 +1209,13 @@ mod tests {
         for ns in 1..=5u32 {
             tally.begin_namespace(ns, None);
             for i in 0..ns {
-                tally.add(&DiagSocket {
-                    state: tracer_common::state::TIME_WAIT,
-                    src: "127.0.0.1".parse().unwrap(),
-                    sport: 40000 + i as u16,
-                    dst: "127.0.0.1".parse().unwrap(),
-                    dport: 9000,
-                    cookie: 0,
-                    inode: 0,
-                    uid: 0,
-                });
+                tally.add(&DiagSocket::test(
+                    tracer_common::state::TIME_WAIT,
+                    "127.0.0.1",
+                    40000 + i as u16,
+                    "127.0.0.1",
+                    9000,
+                ));
             }
         }
         let mut ctx = crate::report::Context::defaults(&tally);
@@ -1246,5 +1281,201 @@ mod tests {
         // No flows: no per-namespace counter series; coverage is exported.
         assert!(series(&text, "tcp_tracer_netns_connections_total").is_empty());
         assert!(text.contains("tcp_tracer_namespaces_complete 0"), "{text}");
+    }
+
+    /// Every host-wide total of the summary is the same number in the text
+    /// report, the JSON and /metrics. Each counter slot holds a different
+    /// value, so a figure read from the wrong slot (or computed another
+    /// way) cannot match by chance.
+    #[test]
+    fn every_total_is_the_same_in_text_json_and_metrics() {
+        use tracer_common::{close, counter, state};
+        let mut snap = Snapshot::empty();
+        for (i, c) in snap.counters.iter_mut().enumerate() {
+            *c = 1000 + 37 * i as u64;
+        }
+        let failed: u64 = [
+            close::CONNECT_REFUSED,
+            close::CONNECT_TIMEOUT,
+            close::CONNECT_UNREACHABLE,
+            close::CONNECT_ABORTED,
+            close::CONNECT_NO_LOCAL_PORT,
+        ]
+        .iter()
+        .map(|k| snap.closes(*k))
+        .sum();
+        snap.transitions[state::SYN_SENT as usize][state::CLOSE as usize] = failed + 11;
+        snap.time_wait_by_second = vec![(90, 5), (99, 3)];
+        let tally = crate::report::SocketTally::new(&snap, crate::DEFAULT_PORT_RANGE);
+        let mut ctx = crate::report::Context::defaults(&tally);
+        ctx.now_sec = 100;
+        let summary = crate::report::build(&snap, &ctx);
+        let text = crate::report::render_text(&summary);
+        let json = serde_json::to_value(&summary).unwrap();
+        let sum = &summary;
+        let (cn, tw) = (&sum.connects, &sum.time_wait);
+        assert_eq!(cn.other, 11);
+        assert_eq!(cn.attempts, snap.counter(counter::CONNECT_ATTEMPTS));
+        let scrape = Scrape {
+            snap,
+            summary: summary.clone(),
+            run_stats: RunStats::default(),
+            stats_enabled: false,
+        };
+        let om = openmetrics_of(scrape);
+        let mut checked = 0;
+        for (pointer, sample, fragment) in TOTALS {
+            let v = json.pointer(pointer).and_then(|j| j.as_u64());
+            let v = v.unwrap_or_else(|| panic!("{pointer} not in the JSON"));
+            let line = format!("{PREFIX}_{sample} {v}");
+            assert!(om.lines().any(|l| l == line), "{line} not in /metrics");
+            let shown = fragment.replace("{}", &v.to_string());
+            assert!(text.contains(&shown), "{shown:?} not in the text report");
+            checked += 1;
+        }
+        let model = &tw.model;
+        assert_eq!(model.entered_last_60s, 8);
+        let line = format!(
+            "{PREFIX}_time_wait_expected_sockets {}.0",
+            model.entered_last_60s
+        );
+        assert!(om.lines().any(|l| l == line), "{line}");
+        assert!(text.contains(&format!(
+            "model: {} entered in the last 60 s",
+            model.entered_last_60s
+        )));
+        for (name, _, v) in sum.tracer.entries() {
+            let line = format!("{PREFIX}_{name}_total {v}");
+            assert!(om.lines().any(|l| l == line), "{line} not in /metrics");
+            assert!(
+                text.contains(&format!("{name} {v}")),
+                "{name} {v} not in the text report"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 20 + 13);
+    }
+
+    /// Host-wide totals: (JSON pointer, /metrics sample, the text report's
+    /// words around the value).
+    const TOTALS: [(&str, &str, &str); 20] = [
+        (
+            "/connects/attempts",
+            "connect_attempts_total",
+            "Connects: {} attempted",
+        ),
+        (
+            "/connects/established",
+            r#"connections_established_total{side="active"}"#,
+            "attempted, {} established",
+        ),
+        (
+            "/accepts/established",
+            r#"connections_established_total{side="passive"}"#,
+            "Accepts:  {} established",
+        ),
+        (
+            "/connects/refused",
+            r#"connect_failures_total{reason="refused"}"#,
+            "refused {}",
+        ),
+        (
+            "/connects/timed_out",
+            r#"connect_failures_total{reason="timed_out"}"#,
+            "timed out {}",
+        ),
+        (
+            "/connects/unreachable",
+            r#"connect_failures_total{reason="unreachable"}"#,
+            "unreachable {}",
+        ),
+        (
+            "/connects/aborted",
+            r#"connect_failures_total{reason="aborted"}"#,
+            "aborted {}",
+        ),
+        (
+            "/connects/no_local_port",
+            r#"connect_failures_total{reason="no_local_port"}"#,
+            "no local port {}",
+        ),
+        (
+            "/connects/other",
+            r#"connect_failures_total{reason="other"}"#,
+            "other {})",
+        ),
+        (
+            "/closes/resets_sent",
+            r#"resets_total{direction="sent"}"#,
+            "Resets:   {} sent",
+        ),
+        (
+            "/closes/resets_received",
+            r#"resets_total{direction="received"}"#,
+            "sent, {} received",
+        ),
+        (
+            "/closes/closed_here_first",
+            r#"closes_total{path="closed_here_first"}"#,
+            "Closes:   {} closed here first",
+        ),
+        (
+            "/closes/closed_by_peer_first",
+            r#"closes_total{path="closed_by_peer_first"}"#,
+            "{} by peer first",
+        ),
+        (
+            "/closes/simultaneous",
+            r#"closes_total{path="simultaneous"}"#,
+            "{} simultaneous",
+        ),
+        (
+            "/closes/passive_close_completed",
+            r#"closes_total{path="passive_close_completed"}"#,
+            "{} passive closes completed",
+        ),
+        (
+            "/closes/timeouts",
+            r#"closes_total{path="timeout"}"#,
+            "{} connections timed out",
+        ),
+        (
+            "/time_wait/via_fin_wait2",
+            r#"closes_total{path="fin_wait2_parked"}"#,
+            "{} via FIN_WAIT2",
+        ),
+        (
+            "/time_wait/entered_by_side/active_opened",
+            r#"time_wait_entries_total{side="active"}"#,
+            "{} on connections opened here",
+        ),
+        (
+            "/time_wait/entered_by_side/passive_opened",
+            r#"time_wait_entries_total{side="passive"}"#,
+            "{} on accepted ones",
+        ),
+        (
+            "/time_wait/entered_by_side/unknown",
+            r#"time_wait_entries_total{side="unknown"}"#,
+            "{} unknown",
+        ),
+    ];
+
+    /// The OpenMetrics text of one scrape with fresh slots.
+    fn openmetrics_of(scrape: Scrape) -> String {
+        struct One(Mutex<(Scrape, Slots)>);
+        impl std::fmt::Debug for One {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("One")
+            }
+        }
+        impl Collector for One {
+            fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                let mut g = self.0.lock().unwrap();
+                let (s, slots) = &mut *g;
+                encode_scrape(s, slots, enc)
+            }
+        }
+        openmetrics(&registry(One(Mutex::new((scrape, Slots::new(5)))))).unwrap()
     }
 }

@@ -193,16 +193,7 @@ mod tests {
     use super::*;
 
     fn sock(src: &str, sport: u16, dst: &str, dport: u16) -> DiagSocket {
-        DiagSocket {
-            state: 6,
-            src: src.parse().unwrap(),
-            sport,
-            dst: dst.parse().unwrap(),
-            dport,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        }
+        DiagSocket::test(6, src, sport, dst, dport)
     }
 
     #[test]

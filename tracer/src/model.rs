@@ -259,10 +259,21 @@ impl Snapshot {
     pub fn transition(&self, old: u8, new: u8) -> u64 {
         self.transitions[old as usize][new as usize]
     }
+
+    /// Every (old, new, count) the matrix holds with a count, row by row.
+    pub fn transition_pairs(&self) -> impl Iterator<Item = (u8, u8, u64)> + '_ {
+        self.transitions.iter().enumerate().flat_map(|(o, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(move |(n, count)| (o as u8, n as u8, *count))
+        })
+    }
 }
 
-/// What "volume" means for ranking flows and peers: connections seen plus
-/// TIME_WAIT entries and resets (`GroupStats::volume` is the same sum).
+/// What "volume" means for ranking flows, peers and series: connections
+/// seen plus TIME_WAIT entries and resets. The one definition: groups
+/// (`GroupStats::volume`) and the exporter's slots use it too.
 pub fn flow_volume(f: &FlowStats) -> u64 {
     f.established + f.connect_failed + f.time_wait + f.resets_sent + f.resets_received
 }
@@ -377,9 +388,15 @@ impl GroupStats {
     }
 
     /// What "volume" means for the top-N ordering: `flow_volume` of the
-    /// group's figures.
+    /// group's figures (`resets` holds both directions).
     pub fn volume(&self) -> u64 {
-        self.established + self.connect_failed + self.time_wait_entries + self.resets
+        flow_volume(&FlowStats {
+            established: self.established,
+            connect_failed: self.connect_failed,
+            time_wait: self.time_wait_entries,
+            resets_sent: self.resets,
+            ..FlowStats::default()
+        })
     }
 }
 
@@ -607,55 +624,49 @@ impl Replay {
     /// peer's FIN came first (SOCK_DONE: TIME_WAIT); without, the orphan is
     /// parked as a FIN_WAIT2 minisock.
     pub fn active_close_to_time_wait(&mut self, sock: u64, fin_received: bool) {
-        self.step(
+        use state::*;
+        self.walk(
             sock,
-            state::ESTABLISHED,
-            state::FIN_WAIT1,
-            0,
-            false,
-            0,
-            None,
-        );
-        self.step(sock, state::FIN_WAIT1, state::FIN_WAIT2, 0, false, 0, None);
-        self.step(
-            sock,
-            state::FIN_WAIT2,
-            state::CLOSE,
-            0,
-            fin_received,
-            0,
-            None,
+            &[
+                (ESTABLISHED, FIN_WAIT1, false),
+                (FIN_WAIT1, FIN_WAIT2, false),
+                (FIN_WAIT2, CLOSE, fin_received),
+            ],
         );
     }
 
     /// ESTABLISHED → CLOSE_WAIT → LAST_ACK → CLOSE.
     pub fn passive_close(&mut self, sock: u64) {
-        self.step(
+        use state::*;
+        self.walk(
             sock,
-            state::ESTABLISHED,
-            state::CLOSE_WAIT,
-            0,
-            true,
-            0,
-            None,
+            &[
+                (ESTABLISHED, CLOSE_WAIT, true),
+                (CLOSE_WAIT, LAST_ACK, true),
+                (LAST_ACK, CLOSE, true),
+            ],
         );
-        self.step(sock, state::CLOSE_WAIT, state::LAST_ACK, 0, true, 0, None);
-        self.step(sock, state::LAST_ACK, state::CLOSE, 0, true, 0, None);
     }
 
     /// ESTABLISHED → FIN_WAIT1 → CLOSING → CLOSE (both FINs crossed).
     pub fn simultaneous_close(&mut self, sock: u64) {
-        self.step(
+        use state::*;
+        self.walk(
             sock,
-            state::ESTABLISHED,
-            state::FIN_WAIT1,
-            0,
-            false,
-            0,
-            None,
+            &[
+                (ESTABLISHED, FIN_WAIT1, false),
+                (FIN_WAIT1, CLOSING, true),
+                (CLOSING, CLOSE, true),
+            ],
         );
-        self.step(sock, state::FIN_WAIT1, state::CLOSING, 0, true, 0, None);
-        self.step(sock, state::CLOSING, state::CLOSE, 0, true, 0, None);
+    }
+
+    /// Transitions (old, new, FIN received) with no error, retransmit or
+    /// handshake time.
+    fn walk(&mut self, sock: u64, steps: &[(u8, u8, bool)]) {
+        for &(old, new, fin) in steps {
+            self.step(sock, old, new, 0, fin, 0, None);
+        }
     }
 
     /// CLOSE → SYN_SENT → CLOSE with ECONNREFUSED.
@@ -685,6 +696,28 @@ mod tests {
     use tracer_common::{close, counter, errno, hist_kind};
 
     const PEER: [u8; 4] = [10, 0, 0, 1];
+
+    #[test]
+    fn a_groups_volume_is_the_flow_volume_of_its_flows() {
+        let mut r = Replay::default();
+        for i in 0..4 {
+            r.active_open(i, 10, PEER, 80, 1_000, 0);
+            r.active_close_to_time_wait(i, true);
+        }
+        r.passive_open(10, 11, [10, 0, 0, 2], 8080, 1_000, 0);
+        r.passive_close(10);
+        r.refused(20, 10, PEER, 81);
+        r.refused(21, 12, PEER, 81);
+        let snap = r.snapshot();
+        let groups = group_flows(&snap.flows, |k, _| k.port, usize::MAX);
+        assert_eq!(groups.len(), 3);
+        for (port, g) in groups {
+            let flows = snap.flows.iter().filter(|(k, _)| k.port == port);
+            let want: u64 = flows.map(|(_, f)| flow_volume(f)).sum();
+            assert!(want > 0);
+            assert_eq!(g.volume(), want, "port {port}");
+        }
+    }
 
     #[test]
     fn active_open_counts_and_times_the_handshake() {
@@ -839,43 +872,30 @@ mod tests {
     #[test]
     fn connect_failures_by_errno() {
         use tracer_common::account::classify_close;
-        assert_eq!(
-            classify_close(state::SYN_SENT, errno::ETIMEDOUT, false, 40000),
-            close::CONNECT_TIMEOUT
-        );
-        assert_eq!(
-            classify_close(state::SYN_SENT, errno::EHOSTUNREACH, false, 40000),
-            close::CONNECT_UNREACHABLE
-        );
-        assert_eq!(
-            classify_close(state::SYN_SENT, 0, false, 40000),
-            close::CONNECT_ABORTED
-        );
-        // No local port ever assigned: EADDRNOTAVAIL, not an abort.
-        assert_eq!(
-            classify_close(state::SYN_SENT, 0, false, 0),
-            close::CONNECT_NO_LOCAL_PORT
-        );
-        assert_eq!(
-            classify_close(state::ESTABLISHED, errno::ETIMEDOUT, false, 40000),
-            close::TIMEOUT
-        );
-        assert_eq!(
-            classify_close(state::CLOSE_WAIT, errno::EPIPE, true, 40000),
-            close::RESET_RECEIVED
-        );
-        assert_eq!(
-            classify_close(state::FIN_WAIT2, errno::ECONNRESET, false, 40000),
-            close::RESET_RECEIVED
-        );
-        assert_eq!(
-            classify_close(state::SYN_RECV, 0, false, 40000),
-            close::PASSIVE_FAILED
-        );
-        assert_eq!(
-            classify_close(state::LISTEN, 0, false, 40000),
-            close::LISTENER_CLOSED
-        );
+        use tracer_common::close::*;
+        use tracer_common::errno::*;
+        use tracer_common::state::*;
+        // (old state, sk_err, FIN received, local port, close kind)
+        let cases = [
+            (SYN_SENT, ETIMEDOUT, false, 40000, CONNECT_TIMEOUT),
+            (SYN_SENT, EHOSTUNREACH, false, 40000, CONNECT_UNREACHABLE),
+            (SYN_SENT, 0, false, 40000, CONNECT_ABORTED),
+            // No local port ever assigned: EADDRNOTAVAIL, not an abort.
+            (SYN_SENT, 0, false, 0, CONNECT_NO_LOCAL_PORT),
+            (ESTABLISHED, ETIMEDOUT, false, 40000, close::TIMEOUT),
+            (CLOSE_WAIT, EPIPE, true, 40000, RESET_RECEIVED),
+            (FIN_WAIT2, ECONNRESET, false, 40000, RESET_RECEIVED),
+            (SYN_RECV, 0, false, 40000, PASSIVE_FAILED),
+            (LISTEN, 0, false, 40000, LISTENER_CLOSED),
+        ];
+        for (old, err, fin, lport, want) in cases {
+            assert_eq!(
+                classify_close(old, err, fin, lport),
+                want,
+                "{} err {err} fin {fin} lport {lport}",
+                state_name(old)
+            );
+        }
     }
 
     #[test]
@@ -1016,30 +1036,29 @@ mod tests {
     #[test]
     fn payload_bytes_leave_out_syn_and_fin() {
         use tracer_common::account::payload_bytes;
-        // Raw values read on a real loopback connection: the client sent 100
-        // bytes and got 50, closed first and was parked in FIN_WAIT2; the
-        // server closed after the client's FIN (LAST_ACK → CLOSE).
-        assert_eq!(
-            payload_bytes(dir::ACTIVE, close::FIN_WAIT2_PARKED, false, 50, 102),
-            (50, 100)
-        );
-        assert_eq!(
-            payload_bytes(dir::PASSIVE, close::LAST_ACK, true, 101, 51),
-            (100, 50)
-        );
-        // TIME_WAIT after the peer's FIN: both FINs in sequence space.
-        assert_eq!(
-            payload_bytes(dir::ACTIVE, close::TIME_WAIT, true, 51, 102),
-            (50, 100)
-        );
-        // Abort: no FIN was acked; the SYN still counts on the active side.
-        assert_eq!(
-            payload_bytes(dir::ACTIVE, close::RESET_SENT, false, 7, 1),
-            (7, 0)
-        );
-        assert_eq!(
-            payload_bytes(dir::PASSIVE, close::RESET_RECEIVED, false, 0, 0),
-            (0, 0)
-        );
+        use tracer_common::close::*;
+        use tracer_common::dir::{ACTIVE, PASSIVE};
+        // (side, how it closed, FIN received, bytes_received, bytes_acked) →
+        // (payload received, payload sent)
+        let cases = [
+            // Raw values read on a real loopback connection: the client sent
+            // 100 bytes and got 50, closed first and was parked in FIN_WAIT2;
+            // the server closed after the client's FIN (LAST_ACK → CLOSE).
+            ((ACTIVE, FIN_WAIT2_PARKED, false, 50, 102), (50, 100)),
+            ((PASSIVE, LAST_ACK, true, 101, 51), (100, 50)),
+            // TIME_WAIT after the peer's FIN: both FINs in sequence space.
+            ((ACTIVE, TIME_WAIT, true, 51, 102), (50, 100)),
+            // Abort: no FIN was acked; the SYN still counts on the active side.
+            ((ACTIVE, RESET_SENT, false, 7, 1), (7, 0)),
+            ((PASSIVE, RESET_RECEIVED, false, 0, 0), (0, 0)),
+        ];
+        for ((d, kind, fin, received, acked), want) in cases {
+            assert_eq!(
+                payload_bytes(d, kind, fin, received, acked),
+                want,
+                "{}",
+                close_kind_name(kind)
+            );
+        }
     }
 }

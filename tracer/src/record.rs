@@ -21,7 +21,7 @@ use tracer_common::{close, counter, dir, hist, hist_kind, state, FlowKey, FlowSt
 
 use crate::{
     event::Transition,
-    model::{close_kind_name, comm_str, dir_name, state_name, Histogram, Snapshot},
+    model::{close_kind_name, dir_name, state_name, Histogram, Snapshot},
     report::{CloseWaitLeak, SocketTally, Sysctls, TallyRecord},
     ReportInputs,
 };
@@ -257,28 +257,60 @@ pub struct RecFlow {
     pub pid: u32,
     /// Network namespace inode.
     pub netns: u32,
-    pub comm: String,
-    pub cgroup_id: u64,
-    pub established: u64,
-    pub connect_failed: u64,
-    pub connect_no_local_port: u64,
-    pub time_wait: u64,
-    pub fin_wait2_parked: u64,
-    pub resets_sent: u64,
-    pub resets_received: u64,
-    pub close_local_first: u64,
-    pub close_peer_first: u64,
-    pub close_simultaneous: u64,
-    pub handshake_count: u64,
-    pub handshake_sum_ns: u64,
-    pub handshake_max_ns: u64,
-    pub handshake_retrans: u64,
-    pub retrans_total: u64,
-    pub closed: u64,
-    pub lifetime_sum_ns: u64,
-    pub lifetime_max_ns: u64,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
+    /// The flow's figures, under `FlowStats`' own names (flattened: the
+    /// record's fields follow the key's).
+    #[serde(flatten, with = "RecFlowStats")]
+    pub stats: FlowStats,
+}
+
+/// `FlowStats` as recordings write it: serde's remote derive reads and
+/// writes the kernel's struct through this list (the owner's comm as text),
+/// in the order the format has always had; a field added to `FlowStats`
+/// fails to compile here until it is named.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "FlowStats", default = "FlowStats::default")]
+struct RecFlowStats {
+    #[serde(with = "comm_text")]
+    comm: [u8; tracer_common::TASK_COMM_LEN],
+    cgroup_id: u64,
+    established: u64,
+    connect_failed: u64,
+    connect_no_local_port: u64,
+    time_wait: u64,
+    fin_wait2_parked: u64,
+    resets_sent: u64,
+    resets_received: u64,
+    close_local_first: u64,
+    close_peer_first: u64,
+    close_simultaneous: u64,
+    handshake_count: u64,
+    handshake_sum_ns: u64,
+    handshake_max_ns: u64,
+    handshake_retrans: u64,
+    retrans_total: u64,
+    closed: u64,
+    lifetime_sum_ns: u64,
+    lifetime_max_ns: u64,
+    bytes_received: u64,
+    bytes_acked: u64,
+}
+
+/// The comm bytes as the text `comm_str` makes of them, and back.
+mod comm_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        c: &[u8; tracer_common::TASK_COMM_LEN],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::model::comm_str(c))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<[u8; tracer_common::TASK_COMM_LEN], D::Error> {
+        Ok(super::comm_bytes(&String::deserialize(d)?))
+    }
 }
 
 impl Default for RecFlow {
@@ -322,28 +354,7 @@ impl RecFlow {
             port: k.port,
             pid: k.tgid,
             netns: k.netns,
-            comm: comm_str(&f.comm),
-            cgroup_id: f.cgroup_id,
-            established: f.established,
-            connect_failed: f.connect_failed,
-            connect_no_local_port: f.connect_no_local_port,
-            time_wait: f.time_wait,
-            fin_wait2_parked: f.fin_wait2_parked,
-            resets_sent: f.resets_sent,
-            resets_received: f.resets_received,
-            close_local_first: f.close_local_first,
-            close_peer_first: f.close_peer_first,
-            close_simultaneous: f.close_simultaneous,
-            handshake_count: f.handshake_count,
-            handshake_sum_ns: f.handshake_sum_ns,
-            handshake_max_ns: f.handshake_max_ns,
-            handshake_retrans: f.handshake_retrans,
-            retrans_total: f.retrans_total,
-            closed: f.closed,
-            lifetime_sum_ns: f.lifetime_sum_ns,
-            lifetime_max_ns: f.lifetime_max_ns,
-            bytes_received: f.bytes_received,
-            bytes_acked: f.bytes_acked,
+            stats: *f,
         }
     }
 
@@ -363,31 +374,7 @@ impl RecFlow {
             gen: 0,
             _pad: [0; 2],
         };
-        let stats = FlowStats {
-            established: self.established,
-            connect_failed: self.connect_failed,
-            connect_no_local_port: self.connect_no_local_port,
-            time_wait: self.time_wait,
-            fin_wait2_parked: self.fin_wait2_parked,
-            resets_sent: self.resets_sent,
-            resets_received: self.resets_received,
-            close_local_first: self.close_local_first,
-            close_peer_first: self.close_peer_first,
-            close_simultaneous: self.close_simultaneous,
-            handshake_count: self.handshake_count,
-            handshake_sum_ns: self.handshake_sum_ns,
-            handshake_max_ns: self.handshake_max_ns,
-            handshake_retrans: self.handshake_retrans,
-            retrans_total: self.retrans_total,
-            closed: self.closed,
-            lifetime_sum_ns: self.lifetime_sum_ns,
-            lifetime_max_ns: self.lifetime_max_ns,
-            bytes_received: self.bytes_received,
-            bytes_acked: self.bytes_acked,
-            cgroup_id: self.cgroup_id,
-            comm: comm_bytes(&self.comm),
-        };
-        (key, stats)
+        (key, self.stats)
     }
 }
 
@@ -488,16 +475,14 @@ impl RecSnapshot {
             .filter_map(|i| Some((counter_name(i)?, snap.counter(i))))
             .filter(|(_, v)| *v > 0)
             .collect();
-        let mut transitions = Vec::new();
-        for (o, row) in snap.transitions.iter().enumerate() {
-            for (n, count) in row.iter().enumerate().filter(|(_, c)| **c > 0) {
-                transitions.push(RecTransition {
-                    from: state_name(o as u8).into(),
-                    to: state_name(n as u8).into(),
-                    count: *count,
-                });
-            }
-        }
+        let transitions = snap
+            .transition_pairs()
+            .map(|(o, n, count)| RecTransition {
+                from: state_name(o).into(),
+                to: state_name(n).into(),
+                count,
+            })
+            .collect();
         let histograms = (0..hist_kind::COUNT)
             .filter_map(|i| {
                 let h = snap.hists.get(i as usize)?;

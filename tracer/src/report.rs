@@ -1010,101 +1010,86 @@ pub struct PressureRecord {
     pub other: u64,
 }
 
+/// Every number the summary holds, each computed once from the snapshot and
+/// the context (sock_diag, sysctls, names) read at report time.
 pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
-    let c = |i: u32| snap.counter(i);
-    let k = |kind: u8| snap.closes(kind);
     let h = |i: u32| &snap.hists[i as usize];
-
-    let tally = ctx.sockets;
-    let population = tally.population();
-    let now_by_peer = now_by_peer(tally, ctx.top);
-
-    let mut transitions = Vec::new();
-    for (o, row) in snap.transitions.iter().enumerate() {
-        for (n, count) in row.iter().enumerate() {
-            if *count > 0 {
-                transitions.push(TransitionCount {
-                    from: state_name(o as u8),
-                    to: state_name(n as u8),
-                    count: *count,
-                });
-            }
-        }
-    }
-    transitions.sort_by(|a, b| b.count.cmp(&a.count).then(a.from.cmp(b.from)));
-
     let flows = &snap.flows;
-    let missing = peer_errors(snap);
-    let top_peers = peer_groups_by_netns(flows, ctx.top)
-        .into_iter()
-        .map(|(netns, peer, d, stats)| PeerRow {
-            time_wait_now: tally.time_wait_of_peer(netns, &peer),
-            max_missing: missing.get(&(netns, peer.clone())).copied().unwrap_or(0),
-            netns,
-            peer,
-            direction: dir_name(d),
-            stats,
-        })
-        .collect();
-    let by_local_addr = by_local_addr(snap, tally, ctx.top);
-    let top_cgroups = cgroup_groups(flows, ctx.top)
-        .into_iter()
-        .map(|(id, stats)| CgroupRow {
-            cgroup_id: id,
-            cgroup: ctx.cgroup_paths.get(&id).cloned(),
-            stats,
-        })
-        .collect();
-    let port_pressure = port_pressure(ctx);
-    let tw_entered = k(close::TIME_WAIT) + k(close::FIN_WAIT2_PARKED);
-    let last_60s = snap.time_wait_last_60s(ctx.now_sec);
-    let top_local_ports = group_flows(
-        flows,
-        |k, _| (flow_netns(k), (k.dir != dir::ACTIVE).then_some(k.port)),
-        ctx.top,
-    )
-    .into_iter()
-    .map(|((netns, local_port), stats)| PortRow {
-        netns,
-        local_port,
-        stats,
-    })
-    .collect();
-    let top_processes = process_groups(flows, ctx.top)
-        .into_iter()
-        .map(|((pid, comm), stats)| ProcessRow { pid, comm, stats })
-        .collect();
-
-    let failed = [
-        close::CONNECT_REFUSED,
-        close::CONNECT_TIMEOUT,
-        close::CONNECT_UNREACHABLE,
-        close::CONNECT_ABORTED,
-        close::CONNECT_NO_LOCAL_PORT,
-    ];
-    let connect_failed = snap.transition(state::SYN_SENT, state::CLOSE);
     Summary {
         schema: SCHEMA,
         duration_s: ctx.duration_s,
         filter: ctx.filter.clone(),
         active_handshake: Handshakes::new(h(hist_kind::ACTIVE), h(hist_kind::ACTIVE_RETRANS)),
         passive_handshake: Handshakes::new(h(hist_kind::PASSIVE), h(hist_kind::PASSIVE_RETRANS)),
-        connects: Connects {
-            attempts: c(counter::CONNECT_ATTEMPTS),
-            established: c(counter::ACTIVE_ESTABLISHED),
-            failed: connect_failed,
+        connects: Connects::of(snap),
+        accepts: Accepts::of(snap),
+        closes: Closes::of(snap),
+        time_wait: TimeWait::of(snap, ctx),
+        port_pressure: port_pressure(ctx),
+        sysctls: ctx.sysctls.clone(),
+        close_wait: CloseWait {
+            threshold_s: ctx.close_wait_threshold_s,
+            now: ctx.sockets.population().close_wait,
+            leaks: ctx.close_wait_leaks.clone(),
+        },
+        connection_lifetime: Latency::from_hist(h(hist_kind::LIFETIME)),
+        transitions: transition_counts(snap),
+        top_peers: peer_rows(snap, ctx.sockets, ctx.top),
+        flow_breakdown: flow_breakdown(snap),
+        top_local_ports: port_rows(flows, ctx.top),
+        top_processes: process_groups(flows, ctx.top)
+            .into_iter()
+            .map(|((pid, comm), stats)| ProcessRow { pid, comm, stats })
+            .collect(),
+        top_cgroups: cgroup_rows(flows, ctx),
+        namespaces: namespace_rows(snap, ctx, &port_pressure_all(ctx)),
+        netns_coverage: ctx.coverage.clone(),
+        listen: ctx.listen.clone(),
+        tracer: Health::of(snap),
+    }
+}
+
+impl Connects {
+    /// Connect outcomes; `failed` is every SYN_SENT -> CLOSE, and `other`
+    /// what none of the named causes explains.
+    pub fn of(snap: &Snapshot) -> Self {
+        let k = |kind: u8| snap.closes(kind);
+        let failed = snap.transition(state::SYN_SENT, state::CLOSE);
+        let named = [
+            close::CONNECT_REFUSED,
+            close::CONNECT_TIMEOUT,
+            close::CONNECT_UNREACHABLE,
+            close::CONNECT_ABORTED,
+            close::CONNECT_NO_LOCAL_PORT,
+        ];
+        Connects {
+            attempts: snap.counter(counter::CONNECT_ATTEMPTS),
+            established: snap.counter(counter::ACTIVE_ESTABLISHED),
+            failed,
             refused: k(close::CONNECT_REFUSED),
             timed_out: k(close::CONNECT_TIMEOUT),
             unreachable: k(close::CONNECT_UNREACHABLE),
             aborted: k(close::CONNECT_ABORTED),
             no_local_port: k(close::CONNECT_NO_LOCAL_PORT),
-            other: connect_failed.saturating_sub(failed.iter().map(|f| k(*f)).sum()),
-        },
-        accepts: Accepts {
-            established: c(counter::PASSIVE_ESTABLISHED),
-            failed: k(close::PASSIVE_FAILED),
-        },
-        closes: Closes {
+            other: failed.saturating_sub(named.iter().map(|f| k(*f)).sum()),
+        }
+    }
+}
+
+impl Accepts {
+    pub fn of(snap: &Snapshot) -> Self {
+        Accepts {
+            established: snap.counter(counter::PASSIVE_ESTABLISHED),
+            failed: snap.closes(close::PASSIVE_FAILED),
+        }
+    }
+}
+
+impl Closes {
+    pub fn of(snap: &Snapshot) -> Self {
+        let c = |i: u32| snap.counter(i);
+        let k = |kind: u8| snap.closes(kind);
+        Closes {
             closed_here_first: c(counter::CLOSE_LOCAL_FIRST),
             closed_by_peer_first: c(counter::CLOSE_PEER_FIRST),
             simultaneous: c(counter::CLOSE_SIMULTANEOUS),
@@ -1112,9 +1097,26 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             resets_sent: k(close::RESET_SENT),
             resets_received: k(close::RESET_RECEIVED),
             timeouts: k(close::TIMEOUT),
-        },
-        time_wait: TimeWait {
-            entered: tw_entered,
+        }
+    }
+}
+
+impl TimeWait {
+    /// Entries into the timewait table: TIME_WAIT directly, and orphans
+    /// parked in FIN_WAIT2.
+    pub fn entered(snap: &Snapshot) -> u64 {
+        snap.closes(close::TIME_WAIT) + snap.closes(close::FIN_WAIT2_PARKED)
+    }
+
+    /// Entries counted in the kernel, sockets sock_diag sees now, and the
+    /// 60 s model between them.
+    fn of(snap: &Snapshot, ctx: &Context) -> Self {
+        let c = |i: u32| snap.counter(i);
+        let k = |kind: u8| snap.closes(kind);
+        let entered = TimeWait::entered(snap);
+        let last_60s = snap.time_wait_last_60s(ctx.now_sec);
+        TimeWait {
+            entered,
             direct: k(close::TIME_WAIT),
             via_fin_wait2: k(close::FIN_WAIT2_PARKED),
             entered_by_side: BySide {
@@ -1122,32 +1124,21 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
                 passive_opened: c(counter::TIME_WAIT_BY_DIR + dir::PASSIVE as u32),
                 unknown: c(counter::TIME_WAIT_BY_DIR + dir::UNKNOWN as u32),
             },
-            now: population.clone(),
+            now: ctx.sockets.population(),
             model: TimeWaitModel {
                 entered_last_60s: last_60s,
-                aged_out: tw_entered.saturating_sub(last_60s),
+                aged_out: entered.saturating_sub(last_60s),
             },
-            by_local_addr,
-            now_by_peer,
-        },
-        port_pressure,
-        sysctls: ctx.sysctls.clone(),
-        close_wait: CloseWait {
-            threshold_s: ctx.close_wait_threshold_s,
-            now: population.close_wait,
-            leaks: ctx.close_wait_leaks.clone(),
-        },
-        connection_lifetime: Latency::from_hist(h(hist_kind::LIFETIME)),
-        transitions,
-        top_peers,
-        flow_breakdown: flow_breakdown(snap),
-        top_local_ports,
-        top_processes,
-        top_cgroups,
-        namespaces: namespace_rows(snap, ctx, &port_pressure_all(ctx)),
-        netns_coverage: ctx.coverage.clone(),
-        listen: ctx.listen.clone(),
-        tracer: Health {
+            by_local_addr: by_local_addr(snap, ctx.sockets, ctx.top),
+            now_by_peer: now_by_peer(ctx.sockets, ctx.top),
+        }
+    }
+}
+
+impl Health {
+    pub fn of(snap: &Snapshot) -> Self {
+        let c = |i: u32| snap.counter(i);
+        Health {
             transitions_counted: c(counter::TRANSITIONS),
             events_dropped: c(counter::RINGBUF_DROPS),
             inflight_missing: c(counter::INFLIGHT_MISSING),
@@ -1161,8 +1152,65 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             listener_table_full: c(counter::LISTENER_TABLE_FULL),
             passive_rtt_unknown: c(counter::PASSIVE_RTT_UNKNOWN),
             recursion_misses: snap.recursion_misses,
-        },
+        }
     }
+}
+
+/// Every (from, to) pair seen, most frequent first.
+fn transition_counts(snap: &Snapshot) -> Vec<TransitionCount> {
+    let mut transitions: Vec<TransitionCount> = snap
+        .transition_pairs()
+        .map(|(o, n, count)| TransitionCount {
+            from: state_name(o),
+            to: state_name(n),
+            count,
+        })
+        .collect();
+    transitions.sort_by(|a, b| b.count.cmp(&a.count).then(a.from.cmp(b.from)));
+    transitions
+}
+
+/// The top peers, each with its TIME_WAIT now and the volume it may miss.
+fn peer_rows(snap: &Snapshot, tally: &SocketTally, top: usize) -> Vec<PeerRow> {
+    let missing = peer_errors(snap);
+    peer_groups_by_netns(&snap.flows, top)
+        .into_iter()
+        .map(|(netns, peer, d, stats)| PeerRow {
+            time_wait_now: tally.time_wait_of_peer(netns, &peer),
+            max_missing: missing.get(&(netns, peer.clone())).copied().unwrap_or(0),
+            netns,
+            peer,
+            direction: dir_name(d),
+            stats,
+        })
+        .collect()
+}
+
+/// The top local ports per namespace; outgoing (ephemeral) ports are one row.
+fn port_rows(flows: &[(FlowKey, FlowStats)], top: usize) -> Vec<PortRow> {
+    group_flows(
+        flows,
+        |k, _| (flow_netns(k), (k.dir != dir::ACTIVE).then_some(k.port)),
+        top,
+    )
+    .into_iter()
+    .map(|((netns, local_port), stats)| PortRow {
+        netns,
+        local_port,
+        stats,
+    })
+    .collect()
+}
+
+fn cgroup_rows(flows: &[(FlowKey, FlowStats)], ctx: &Context) -> Vec<CgroupRow> {
+    cgroup_groups(flows, ctx.top)
+        .into_iter()
+        .map(|(id, stats)| CgroupRow {
+            cgroup_id: id,
+            cgroup: ctx.cgroup_paths.get(&id).cloned(),
+            stats,
+        })
+        .collect()
 }
 
 /// Volume each (namespace, peer label) may miss: its rows' errors summed.
@@ -1548,7 +1596,7 @@ fn render_namespaces(o: &mut String, s: &Summary) {
     }
 }
 
-/// The human-readable report.
+/// The human-readable report: one section after another, in this order.
 pub fn render_text(s: &Summary) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -1556,6 +1604,23 @@ pub fn render_text(s: &Summary) -> String {
         "TCP state summary: {:.1} s, filter: {}",
         s.duration_s, s.filter
     );
+    render_handshakes(&mut o, s);
+    render_outcomes(&mut o, s);
+    render_time_wait(&mut o, s);
+    render_ports(&mut o, s);
+    crate::listeners::render(&mut o, &s.listen);
+    render_close_wait(&mut o, &s.close_wait);
+    render_lifetime(&mut o, &s.connection_lifetime);
+    render_namespaces(&mut o, s);
+    render_top_groups(&mut o, s);
+    o.push_str(&render_histograms(s));
+    render_transitions(&mut o, &s.transitions);
+    render_health(&mut o, &s.tracer);
+    o
+}
+
+/// Handshake latency, active and passive, clean and retransmitted.
+fn render_handshakes(o: &mut String, s: &Summary) {
     let _ = writeln!(
         o,
         "\nHandshake latency (ms; percentiles from a log-linear histogram, ±0.8%)"
@@ -1565,21 +1630,17 @@ pub fn render_text(s: &Summary) -> String {
         "  {:<24} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "", "COUNT", "P50", "P90", "P99", "MAX", "MEAN"
     );
-    latency_line(&mut o, "active (connect)", &s.active_handshake.all);
-    latency_line(&mut o, "  clean", &s.active_handshake.clean);
+    latency_line(o, "active (connect)", &s.active_handshake.all);
+    latency_line(o, "  clean", &s.active_handshake.clean);
     latency_line(
-        &mut o,
+        o,
         "  with SYN retransmits",
         &s.active_handshake.retransmitted,
     );
+    latency_line(o, "passive (accept, SYN-ACK RTT)", &s.passive_handshake.all);
+    latency_line(o, "  clean", &s.passive_handshake.clean);
     latency_line(
-        &mut o,
-        "passive (accept, SYN-ACK RTT)",
-        &s.passive_handshake.all,
-    );
-    latency_line(&mut o, "  clean", &s.passive_handshake.clean);
-    latency_line(
-        &mut o,
+        o,
         "  with SYN-ACK retransmits",
         &s.passive_handshake.retransmitted,
     );
@@ -1589,6 +1650,10 @@ pub fn render_text(s: &Summary) -> String {
             "  note: each retransmitted SYN/SYN-ACK adds >= 1 s (then 2 s, 4 s...): tails near 1 s / 3 s are retransmits"
         );
     }
+}
+
+/// How connections began and ended: connects, accepts, closes, resets.
+fn render_outcomes(o: &mut String, s: &Summary) {
     let cn = &s.connects;
     let _ = writeln!(
         o,
@@ -1611,6 +1676,11 @@ pub fn render_text(s: &Summary) -> String {
         "Resets:   {} sent, {} received; {} connections timed out",
         cl.resets_sent, cl.resets_received, cl.timeouts
     );
+}
+
+/// TIME_WAIT: entered (by how and by side), now, per peer, the 60 s model,
+/// per local address.
+fn render_time_wait(o: &mut String, s: &Summary) {
     let tw = &s.time_wait;
     let _ = writeln!(
         o,
@@ -1652,6 +1722,10 @@ pub fn render_text(s: &Summary) -> String {
             );
         }
     }
+}
+
+/// Ephemeral ports: the sysctls, then each destination's port use.
+fn render_ports(o: &mut String, s: &Summary) {
     let sc = &s.sysctls;
     let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
     let _ = writeln!(
@@ -1682,8 +1756,10 @@ pub fn render_text(s: &Summary) -> String {
     for w in &pp.warnings {
         let _ = writeln!(o, "  {w}");
     }
-    crate::listeners::render(&mut o, &s.listen);
-    let cw = &s.close_wait;
+}
+
+/// CLOSE_WAIT now, and each socket older than the threshold.
+fn render_close_wait(o: &mut String, cw: &CloseWait) {
     let _ = writeln!(
         o,
         "\nCLOSE_WAIT: {} now, {} older than {} s (the peer closed; the application never called close())",
@@ -1707,7 +1783,9 @@ pub fn render_text(s: &Summary) -> String {
                 .map_or(String::new(), |c| format!("  cgroup {c}"))
         );
     }
-    let lt = &s.connection_lifetime;
+}
+
+fn render_lifetime(o: &mut String, lt: &Latency) {
     let _ = writeln!(
         o,
         "\nConnection lifetime (ms): {} closed, p50 {}, p90 {}, p99 {}, max {}, mean {}",
@@ -1718,47 +1796,54 @@ pub fn render_text(s: &Summary) -> String {
         ms(lt.max_us),
         ms(lt.mean_us)
     );
-    render_namespaces(&mut o, s);
-    if !s.top_peers.is_empty() {
-        let _ = writeln!(o, "\nTop peers");
-        group_header(&mut o, "PEER");
-        for r in &s.top_peers {
-            let name = format!("{}{}", r.peer, netns_tag(s, r.netns));
-            group_line(&mut o, &name, &r.stats, Some(r.time_wait_now));
-        }
-        render_breakdown(&mut o, &s.flow_breakdown);
-        let _ = writeln!(o, "\nTop local ports");
-        group_header(&mut o, "LOCAL PORT");
-        for r in &s.top_local_ports {
-            let name = r
-                .local_port
-                .map_or("(outgoing, ephemeral)".to_string(), |p| p.to_string());
-            let name = format!("{name}{}", netns_tag(s, r.netns));
-            group_line(&mut o, &name, &r.stats, None);
-        }
-        let _ = writeln!(o, "\nTop processes");
-        group_header(&mut o, "PID/COMM");
-        for r in &s.top_processes {
-            let name = match r.pid {
-                Some(p) => format!("{p}/{}", r.comm),
-                None => r.comm.clone(),
-            };
-            group_line(&mut o, &name, &r.stats, None);
-        }
-        let _ = writeln!(o, "\nTop cgroups");
-        group_header(&mut o, "CGROUP (id)");
-        for r in &s.top_cgroups {
-            let name = format!("{} ({})", r.cgroup.as_deref().unwrap_or("?"), r.cgroup_id);
-            group_line(&mut o, &name, &r.stats, None);
-        }
-        let _ = writeln!(
-            o,
-            "  (HERE1ST: this host sent the first FIN and pays TIME_WAIT; SIMUL: FINs crossed; FW2P: orphans parked in FIN_WAIT2; bytes are payload at close)"
-        );
+}
+
+/// The top tables (peers, local ports, processes, cgroups); none when no
+/// connection was counted.
+fn render_top_groups(o: &mut String, s: &Summary) {
+    if s.top_peers.is_empty() {
+        return;
     }
-    o.push_str(&render_histograms(s));
+    let _ = writeln!(o, "\nTop peers");
+    group_header(o, "PEER");
+    for r in &s.top_peers {
+        let name = format!("{}{}", r.peer, netns_tag(s, r.netns));
+        group_line(o, &name, &r.stats, Some(r.time_wait_now));
+    }
+    render_breakdown(o, &s.flow_breakdown);
+    let _ = writeln!(o, "\nTop local ports");
+    group_header(o, "LOCAL PORT");
+    for r in &s.top_local_ports {
+        let name = r
+            .local_port
+            .map_or("(outgoing, ephemeral)".to_string(), |p| p.to_string());
+        let name = format!("{name}{}", netns_tag(s, r.netns));
+        group_line(o, &name, &r.stats, None);
+    }
+    let _ = writeln!(o, "\nTop processes");
+    group_header(o, "PID/COMM");
+    for r in &s.top_processes {
+        let name = match r.pid {
+            Some(p) => format!("{p}/{}", r.comm),
+            None => r.comm.clone(),
+        };
+        group_line(o, &name, &r.stats, None);
+    }
+    let _ = writeln!(o, "\nTop cgroups");
+    group_header(o, "CGROUP (id)");
+    for r in &s.top_cgroups {
+        let name = format!("{} ({})", r.cgroup.as_deref().unwrap_or("?"), r.cgroup_id);
+        group_line(o, &name, &r.stats, None);
+    }
+    let _ = writeln!(
+        o,
+        "  (HERE1ST: this host sent the first FIN and pays TIME_WAIT; SIMUL: FINs crossed; FW2P: orphans parked in FIN_WAIT2; bytes are payload at close)"
+    );
+}
+
+fn render_transitions(o: &mut String, transitions: &[TransitionCount]) {
     let _ = writeln!(o, "\nTransitions");
-    for t in &s.transitions {
+    for t in transitions {
         let _ = writeln!(
             o,
             "  {:<26} {:>10}",
@@ -1766,14 +1851,16 @@ pub fn render_text(s: &Summary) -> String {
             t.count
         );
     }
-    let health: Vec<String> = s
-        .tracer
+}
+
+/// The tracer's own line: every drop and skip counter, by `Health::entries`.
+fn render_health(o: &mut String, h: &Health) {
+    let health: Vec<String> = h
         .entries()
         .iter()
         .map(|(name, _, v)| format!("{name} {v}"))
         .collect();
     let _ = writeln!(o, "\nTracer: {}", health.join(", "));
-    o
 }
 
 /// Width of a histogram bar at its longest.
@@ -1920,14 +2007,8 @@ mod tests {
         r.refused(100, 10, [10, 0, 0, 1], 81);
         let snap = r.snapshot();
         let tw_sock = DiagSocket {
-            state: TIME_WAIT,
-            src: "10.0.0.9".parse().unwrap(),
-            sport: 40000,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport: 80,
             cookie: 1,
-            inode: 0,
-            uid: 0,
+            ..DiagSocket::test(TIME_WAIT, "10.0.0.9", 40000, "10.0.0.1", 80)
         };
         let tally = SocketTally::of(
             &snap,
@@ -1966,16 +2047,8 @@ mod tests {
     #[test]
     fn port_pressure_counts_ephemeral_sockets_per_destination() {
         let snap = Snapshot::empty();
-        let sock = |state, sport, dport| DiagSocket {
-            state,
-            src: "10.0.0.9".parse().unwrap(),
-            sport,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let sock =
+            |state, sport, dport| DiagSocket::test(state, "10.0.0.9", sport, "10.0.0.1", dport);
         let mut socks = vec![
             sock(TIME_WAIT, 40000, 80),
             sock(TIME_WAIT, 40001, 80),
@@ -2048,16 +2121,7 @@ mod tests {
     #[test]
     fn tally_survives_its_record() {
         let snap = Snapshot::empty();
-        let sock = |state, sport| DiagSocket {
-            state,
-            src: "10.0.0.9".parse().unwrap(),
-            sport,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport: 80,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let sock = |state, sport| DiagSocket::test(state, "10.0.0.9", sport, "10.0.0.1", 80);
         let socks = [sock(TIME_WAIT, 40000), sock(ESTABLISHED, 40001)];
         let t = SocketTally::of(&snap, crate::DEFAULT_PORT_RANGE, &socks);
         let r = t.to_record();
@@ -2073,16 +2137,8 @@ mod tests {
     #[test]
     fn two_namespaces_with_the_same_addresses_stay_apart() {
         let snap = Snapshot::empty();
-        let sock = |state, sport, dport| DiagSocket {
-            state,
-            src: "127.0.0.1".parse().unwrap(),
-            sport,
-            dst: "127.0.0.1".parse().unwrap(),
-            dport,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let sock =
+            |state, sport, dport| DiagSocket::test(state, "127.0.0.1", sport, "127.0.0.1", dport);
         let mut t = SocketTally::new(&snap, (40000, 40009));
         // Namespace 1: 5 TIME_WAIT to :9000 on a 10-port range.
         t.begin_namespace(1, Some((40000, 40009)));

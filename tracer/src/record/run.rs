@@ -94,87 +94,146 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
         tracer.filter().describe(),
         args.output.display()
     );
-    let clock = Clock::now();
-    let mut cgroups = crate::cgroup::Resolver::new();
-    let (mut events, mut bad) = (0u64, 0u64);
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-                     w: &mut Writer<BufWriter<File>>|
-     -> io::Result<()> {
+    let mut sink = EventSink {
+        clock: Clock::now(),
+        cgroups: crate::cgroup::Resolver::new(),
+        events: 0,
+        bad: 0,
+    };
+    let rec = Recording {
+        args,
+        tracer: &tracer,
+        opts: &opts,
+    };
+    let reason = rec
+        .until_stop(&mut signals, &mut fd, &mut w, &mut sink)
+        .await?;
+    sink.drain(fd.get_mut(), &mut w)?;
+    w.push(&snapshot_record(&tracer, &opts)?)?;
+    rec.finish(w, reason, &sink)
+}
+
+/// Writes the ring's events to the recording and counts them.
+struct EventSink {
+    clock: Clock,
+    cgroups: crate::cgroup::Resolver,
+    /// Event records written.
+    events: u64,
+    /// Ring records that could not be decoded.
+    bad: u64,
+}
+
+impl EventSink {
+    fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        w: &mut Writer<BufWriter<File>>,
+    ) -> io::Result<()> {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(e) => {
-                    let mut t = Transition::from_event(&e, &clock);
-                    t.cgroup = cgroups.path(e.cgroup_id);
+                    let mut t = Transition::from_event(&e, &self.clock);
+                    t.cgroup = self.cgroups.path(e.cgroup_id);
                     w.push(&Record::Event(RecEvent::from_transition(&t)))?;
-                    events += 1;
+                    self.events += 1;
                 }
                 Err(e) => {
-                    bad += 1;
+                    self.bad += 1;
                     log::warn!("{e}");
                 }
             }
         }
         Ok(())
-    };
-    let full = |w: &Writer<_>| args.max_size.is_some_and(|m| w.written() >= m);
-    let stop = signals.wait(None);
-    tokio::pin!(stop);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut flush = tokio::time::interval(Duration::from_secs(1));
-    let mut drain_tick = tokio::time::interval(crate::run::DRAIN_INTERVAL);
-    let mut snap_tick = tokio::time::interval(args.snapshot_every);
-    let reason = loop {
-        tokio::select! {
-            _ = &mut stop => break Stop::Signal,
-            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break Stop::Duration,
-            // The kernel side wakes us only once a quarter of the ring is
-            // pending: drain on a short timer too, so blocks stay small.
-            _ = drain_tick.tick() => drain(fd.get_mut(), &mut w)?,
-            _ = flush.tick() => w.flush_block()?,
-            _ = snap_tick.tick() => w.push(&snapshot_record(&tracer, &opts)?)?,
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut w)?;
-                guard.clear_ready();
+    }
+}
+
+/// One `tracer record` run: what it was asked and what it reads.
+struct Recording<'a> {
+    args: &'a RecordArgs,
+    tracer: &'a Tracer,
+    opts: &'a SummaryOptions,
+}
+
+impl Recording<'_> {
+    /// Drain events, flush blocks and write snapshots until a signal, the
+    /// duration or the size limit stops the recording.
+    async fn until_stop(
+        &self,
+        signals: &mut crate::run::StopSignals,
+        fd: &mut crate::run::EventRing,
+        w: &mut Writer<BufWriter<File>>,
+        sink: &mut EventSink,
+    ) -> anyhow::Result<Stop> {
+        let args = self.args;
+        let full = |w: &Writer<_>| args.max_size.is_some_and(|m| w.written() >= m);
+        let stop = signals.wait(None);
+        tokio::pin!(stop);
+        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut flush = tokio::time::interval(Duration::from_secs(1));
+        let mut drain_tick = tokio::time::interval(crate::run::DRAIN_INTERVAL);
+        let mut snap_tick = tokio::time::interval(args.snapshot_every);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(Stop::Signal),
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => return Ok(Stop::Duration),
+                // The kernel side wakes us only once a quarter of the ring is
+                // pending: drain on a short timer too, so blocks stay small.
+                _ = drain_tick.tick() => sink.drain(fd.get_mut(), w)?,
+                _ = flush.tick() => w.flush_block()?,
+                _ = snap_tick.tick() => w.push(&snapshot_record(self.tracer, self.opts)?)?,
+                guard = fd.readable_mut() => {
+                    let mut guard = guard?;
+                    sink.drain(guard.get_inner_mut(), w)?;
+                    guard.clear_ready();
+                }
+            }
+            if full(w) {
+                return Ok(Stop::MaxSize);
             }
         }
-        if full(&w) {
-            break Stop::MaxSize;
-        }
-    };
-    drain(fd.get_mut(), &mut w)?;
-    w.push(&snapshot_record(&tracer, &opts)?)?;
-    let snap = tracer.snapshot()?;
-    let end = End {
-        reason: match reason {
-            Stop::Signal => "signal",
-            Stop::Duration => "duration",
-            Stop::MaxSize => "max_size",
-        }
-        .into(),
-        events,
-        events_dropped: snap.counter(counter::RINGBUF_DROPS),
-        undecodable: bad,
-    };
-    let size = {
-        let mut out = w.finish(&end)?;
-        out.flush()?;
-        out.get_ref().metadata().map(|m| m.len()).unwrap_or(0)
-    };
-    if let Stop::MaxSize = reason {
-        eprintln!(
-            "Stopped: {} reached --max-size ({} bytes).",
-            args.output.display(),
-            size
-        );
     }
-    eprintln!(
-        "{events} events recorded ({} bytes), {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions counted in the kernel",
-        size,
-        end.events_dropped,
-        snap.counter(counter::TRANSITIONS)
-    );
-    Ok(())
+
+    /// The end record, then what was recorded, on stderr.
+    fn finish(
+        &self,
+        w: Writer<BufWriter<File>>,
+        reason: Stop,
+        sink: &EventSink,
+    ) -> anyhow::Result<()> {
+        let snap = self.tracer.snapshot()?;
+        let end = End {
+            reason: match reason {
+                Stop::Signal => "signal",
+                Stop::Duration => "duration",
+                Stop::MaxSize => "max_size",
+            }
+            .into(),
+            events: sink.events,
+            events_dropped: snap.counter(counter::RINGBUF_DROPS),
+            undecodable: sink.bad,
+        };
+        let size = {
+            let mut out = w.finish(&end)?;
+            out.flush()?;
+            out.get_ref().metadata().map(|m| m.len()).unwrap_or(0)
+        };
+        if let Stop::MaxSize = reason {
+            eprintln!(
+                "Stopped: {} reached --max-size ({} bytes).",
+                self.args.output.display(),
+                size
+            );
+        }
+        eprintln!(
+            "{} events recorded ({} bytes), {} dropped by the kernel ring buffer (try a larger --ring-kib), {} undecodable; {} transitions counted in the kernel",
+            sink.events,
+            size,
+            end.events_dropped,
+            sink.bad,
+            snap.counter(counter::TRANSITIONS)
+        );
+        Ok(())
+    }
 }
 
 fn open(path: &Path) -> anyhow::Result<BufReader<File>> {

@@ -11,16 +11,7 @@ use crate::{
 };
 
 fn inputs(snap: &Snapshot) -> ReportInputs {
-    let sock = |st, sport, dport| DiagSocket {
-        state: st,
-        src: "10.0.0.9".parse().unwrap(),
-        sport,
-        dst: "10.0.0.1".parse().unwrap(),
-        dport,
-        cookie: 0,
-        inode: 0,
-        uid: 0,
-    };
+    let sock = |st, sport, dport| DiagSocket::test(st, "10.0.0.9", sport, "10.0.0.1", dport);
     let socks = [
         sock(state::TIME_WAIT, 40000, 80),
         sock(state::TIME_WAIT, 40001, 80),
@@ -367,4 +358,75 @@ proptest! {
         if cut { f.truncate(i) } else { f[i] ^= xor }
         prop_assert!(read(&f[..], |_| Ok(())).is_err());
     }
+}
+
+/// A flow record's bytes are the format's (version 1): the key's fields,
+/// then every figure under its name, comm as text; a record missing figures
+/// reads them as 0.
+#[test]
+fn a_flow_record_is_written_as_the_format_has_it() {
+    let mut f = FlowStats::default();
+    let figures = [
+        &mut f.established,
+        &mut f.connect_failed,
+        &mut f.connect_no_local_port,
+        &mut f.time_wait,
+        &mut f.fin_wait2_parked,
+        &mut f.resets_sent,
+        &mut f.resets_received,
+        &mut f.close_local_first,
+        &mut f.close_peer_first,
+        &mut f.close_simultaneous,
+        &mut f.handshake_count,
+        &mut f.handshake_sum_ns,
+        &mut f.handshake_max_ns,
+        &mut f.handshake_retrans,
+        &mut f.retrans_total,
+        &mut f.closed,
+        &mut f.lifetime_sum_ns,
+        &mut f.lifetime_max_ns,
+        &mut f.bytes_received,
+        &mut f.bytes_acked,
+    ];
+    for (v, n) in figures.into_iter().zip(1..) {
+        *v = n;
+    }
+    f.cgroup_id = 77;
+    f.comm[..4].copy_from_slice(b"curl");
+    let mut k = FlowKey {
+        family: tracer_common::AF_INET,
+        port: 443,
+        tgid: 9,
+        netns: 4026531840,
+        dir: dir::ACTIVE,
+        ..Default::default()
+    };
+    k.raddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    k.laddr[..4].copy_from_slice(&[10, 0, 0, 9]);
+    let rec = RecFlow::from_flow(&k, &f);
+    let json = serde_json::to_string(&rec).unwrap();
+    assert_eq!(
+        json,
+        concat!(
+            r#"{"direction":"active","family":2,"remote":"10.0.0.1","local":"10.0.0.9","port":443,"pid":9,"netns":4026531840,"#,
+            r#""comm":"curl","cgroup_id":77,"established":1,"connect_failed":2,"connect_no_local_port":3,"time_wait":4,"#,
+            r#""fin_wait2_parked":5,"resets_sent":6,"resets_received":7,"close_local_first":8,"close_peer_first":9,"#,
+            r#""close_simultaneous":10,"handshake_count":11,"handshake_sum_ns":12,"handshake_max_ns":13,"#,
+            r#""handshake_retrans":14,"retrans_total":15,"closed":16,"lifetime_sum_ns":17,"lifetime_max_ns":18,"#,
+            r#""bytes_received":19,"bytes_acked":20}"#
+        )
+    );
+    let back: RecFlow = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.to_flow(), (k, f));
+    let sparse: RecFlow =
+        serde_json::from_str(r#"{"direction":"passive","established":3,"newer_field":1}"#).unwrap();
+    let (key, stats) = sparse.to_flow();
+    assert_eq!(key.dir, dir::PASSIVE);
+    assert_eq!(
+        stats,
+        FlowStats {
+            established: 3,
+            ..Default::default()
+        }
+    );
 }

@@ -3,13 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use tracer_common::{close, counter, dir, flag, hist, state, Event};
+use tracer_common::{dir, flag, hist, state, Event, FlowKey, FlowStats};
 
 use crate::{
+    diag::Population,
     model::{
         comm_str, endpoint, flow_netns, group_flows, ip_from_raw, GroupStats, Histogram, Snapshot,
     },
-    report::{cgroup_groups, peer_groups, port_groups, process_groups},
+    report::{
+        cgroup_groups, peer_groups, port_groups, process_groups, Accepts, Closes, Connects, Health,
+        TimeWait,
+    },
     ReportInputs,
 };
 
@@ -200,6 +204,37 @@ pub struct Rates {
     pub flow_table_full: u64,
 }
 
+impl Rates {
+    /// Rates from `prev` to `snap`, `dt` seconds apart, of the totals the
+    /// summary defines, and the population `pop` now.
+    fn between(snap: &Snapshot, prev: &Snapshot, dt: f64, pop: &Population) -> Rates {
+        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
+        let (cn, cb) = (Connects::of(snap), Connects::of(prev));
+        let resets = |s: &Snapshot| {
+            let c = Closes::of(s);
+            c.resets_sent + c.resets_received
+        };
+        let accepts = |s: &Snapshot| Accepts::of(s).established;
+        let health = Health::of(snap);
+        Rates {
+            connects: rate(cn.attempts, cb.attempts),
+            accepts: rate(accepts(snap), accepts(prev)),
+            failed: rate(cn.failed, cb.failed),
+            refused: rate(cn.refused, cb.refused),
+            timed_out: rate(cn.timed_out, cb.timed_out),
+            unreachable: rate(cn.unreachable, cb.unreachable),
+            aborted: rate(cn.aborted, cb.aborted),
+            time_wait_entries: rate(TimeWait::entered(snap), TimeWait::entered(prev)),
+            resets: rate(resets(snap), resets(prev)),
+            time_wait_now: pop.time_wait,
+            close_wait_now: pop.close_wait,
+            established_now: pop.established,
+            ring_drops: health.events_dropped,
+            flow_table_full: health.flow_table_full,
+        }
+    }
+}
+
 /// Handshake samples of one group: sparse log-linear buckets, turned into a
 /// `Histogram` for its percentiles.
 #[derive(Clone, Debug, Default)]
@@ -362,47 +397,8 @@ impl Model {
             .collect();
         let (t_prev, prev) = self.prev.take().unwrap_or((t, Snapshot::empty()));
         let dt = (t - t_prev).max(1e-3);
-        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
-        let c = |s: &Snapshot, i: u32| s.counter(i);
-        let k = |s: &Snapshot, kind: u8| s.closes(kind);
-        let tw = |s: &Snapshot| k(s, close::TIME_WAIT) + k(s, close::FIN_WAIT2_PARKED);
-        let failed = |s: &Snapshot| s.transition(state::SYN_SENT, state::CLOSE);
-        let resets = |s: &Snapshot| k(s, close::RESET_SENT) + k(s, close::RESET_RECEIVED);
         let pop = &inputs.sockets.population();
-        self.rates = Rates {
-            connects: rate(
-                c(snap, counter::CONNECT_ATTEMPTS),
-                c(&prev, counter::CONNECT_ATTEMPTS),
-            ),
-            accepts: rate(
-                c(snap, counter::PASSIVE_ESTABLISHED),
-                c(&prev, counter::PASSIVE_ESTABLISHED),
-            ),
-            failed: rate(failed(snap), failed(&prev)),
-            refused: rate(
-                k(snap, close::CONNECT_REFUSED),
-                k(&prev, close::CONNECT_REFUSED),
-            ),
-            timed_out: rate(
-                k(snap, close::CONNECT_TIMEOUT),
-                k(&prev, close::CONNECT_TIMEOUT),
-            ),
-            unreachable: rate(
-                k(snap, close::CONNECT_UNREACHABLE),
-                k(&prev, close::CONNECT_UNREACHABLE),
-            ),
-            aborted: rate(
-                k(snap, close::CONNECT_ABORTED),
-                k(&prev, close::CONNECT_ABORTED),
-            ),
-            time_wait_entries: rate(tw(snap), tw(&prev)),
-            resets: rate(resets(snap), resets(&prev)),
-            time_wait_now: pop.time_wait,
-            close_wait_now: pop.close_wait,
-            established_now: pop.established,
-            ring_drops: c(snap, counter::RINGBUF_DROPS),
-            flow_table_full: c(snap, counter::FLOW_TABLE_FULL),
-        };
+        self.rates = Rates::between(snap, &prev, dt, pop);
         let window = self.window;
         push(
             &mut self.connects_history,
@@ -410,14 +406,27 @@ impl Model {
             window,
         );
         push(&mut self.time_wait_history, pop.time_wait, window);
+        let groups = self.groups(&snap.flows);
         let tw_now = inputs.sockets.time_wait_by_peer();
-        let paths = &inputs.cgroup_paths;
-        let flows = &snap.flows;
         let names = &self.netns_names;
         let tw_by_netns: BTreeMap<String, u64> = (inputs.sockets.namespaces().iter())
             .map(|(ns, t)| (netns_label(names, Some(*ns)), t.population.time_wait))
             .collect();
-        let groups: [Vec<(String, GroupStats)>; TABLES] = [
+        for table in Table::ALL {
+            let time_wait_now = match table {
+                Table::Peers => Some(&tw_now),
+                Table::Namespaces => Some(&tw_by_netns),
+                _ => None,
+            };
+            self.update_table(table, &groups[table.index()], time_wait_now, dt);
+        }
+        self.prev = Some((t, snap.clone()));
+    }
+
+    /// Every table's groups of the flows, labelled as the table shows them.
+    fn groups(&self, flows: &[(FlowKey, FlowStats)]) -> [Vec<(String, GroupStats)>; TABLES] {
+        let (paths, names) = (&self.cgroup_paths, &self.netns_names);
+        [
             peer_groups(flows, usize::MAX)
                 .into_iter()
                 .map(|(l, _, g)| (l, g))
@@ -432,44 +441,49 @@ impl Model {
             labelled(group_flows(flows, |k, _| flow_netns(k), usize::MAX), |ns| {
                 netns_label(names, *ns)
             }),
-        ];
-        for table in Table::ALL {
-            let i = table.index();
-            let mut conns = HashMap::new();
-            let rows = groups[i]
-                .iter()
-                .map(|(label, g)| {
-                    let total = g.established + g.connect_failed;
-                    let before = self.prev_conns[i].get(label).copied().unwrap_or(0);
-                    conns.insert(label.clone(), total);
-                    let h = self.samples[i].get(label).map(Samples::histogram);
-                    let q = |p| {
-                        h.as_ref()
-                            .and_then(|h| h.quantile(p))
-                            .map(|ns| ns as f64 / 1e3)
-                    };
-                    Row {
-                        name: label.clone(),
-                        conn_rate: rate(total, before),
-                        established: g.established,
-                        failed: g.connect_failed,
-                        p50_us: q(0.5),
-                        p99_us: q(0.99),
-                        retransmitted: g.handshakes_with_retransmits,
-                        time_wait_in: g.time_wait_entries,
-                        time_wait_now: match table {
-                            Table::Peers => Some(tw_now.get(label).copied().unwrap_or(0)),
-                            Table::Namespaces => Some(tw_by_netns.get(label).copied().unwrap_or(0)),
-                            _ => None,
-                        },
-                        resets: g.resets,
-                    }
-                })
-                .collect();
-            self.tables[i] = rows;
-            self.prev_conns[i] = conns;
-        }
-        self.prev = Some((t, snap.clone()));
+        ]
+    }
+
+    /// One table's rows: the groups' figures, their connection rates since
+    /// the last update, percentiles from the events' samples and, where the
+    /// table has it, TIME_WAIT now by label.
+    fn update_table(
+        &mut self,
+        table: Table,
+        groups: &[(String, GroupStats)],
+        time_wait_now: Option<&BTreeMap<String, u64>>,
+        dt: f64,
+    ) {
+        let i = table.index();
+        let mut conns = HashMap::new();
+        let rows = groups
+            .iter()
+            .map(|(label, g)| {
+                let total = g.established + g.connect_failed;
+                let before = self.prev_conns[i].get(label).copied().unwrap_or(0);
+                conns.insert(label.clone(), total);
+                let h = self.samples[i].get(label).map(Samples::histogram);
+                let q = |p| {
+                    h.as_ref()
+                        .and_then(|h| h.quantile(p))
+                        .map(|ns| ns as f64 / 1e3)
+                };
+                Row {
+                    name: label.clone(),
+                    conn_rate: total.saturating_sub(before) as f64 / dt,
+                    established: g.established,
+                    failed: g.connect_failed,
+                    p50_us: q(0.5),
+                    p99_us: q(0.99),
+                    retransmitted: g.handshakes_with_retransmits,
+                    time_wait_in: g.time_wait_entries,
+                    time_wait_now: time_wait_now.map(|m| m.get(label).copied().unwrap_or(0)),
+                    resets: g.resets,
+                }
+            })
+            .collect();
+        self.tables[i] = rows;
+        self.prev_conns[i] = conns;
     }
 
     pub fn rows(&self, table: Table) -> &[Row] {
@@ -498,16 +512,7 @@ mod tests {
 
     fn inputs(snap: &Snapshot, tw_socks: u16) -> ReportInputs {
         let socks: Vec<DiagSocket> = (0..tw_socks)
-            .map(|i| DiagSocket {
-                state: state::TIME_WAIT,
-                src: "10.0.0.9".parse().unwrap(),
-                sport: 40000 + i,
-                dst: "10.0.0.1".parse().unwrap(),
-                dport: 80,
-                cookie: 0,
-                inode: 0,
-                uid: 0,
-            })
+            .map(|i| DiagSocket::test(state::TIME_WAIT, "10.0.0.9", 40000 + i, "10.0.0.1", 80))
             .collect();
         ReportInputs {
             duration_s: 1.0,
@@ -547,7 +552,7 @@ mod tests {
             sk_err: 0,
             oldstate: state::SYN_SENT,
             newstate: state::ESTABLISHED,
-            close_kind: close::NONE,
+            close_kind: tracer_common::close::NONE,
             dir: dir::ACTIVE,
             flags: flag::OWNER_KNOWN,
             _pad: [0; 7],

@@ -369,16 +369,13 @@ mod tests {
             r.passive_open(100 + i, 11, [10, 0, 0, 3], 8080, 30_000, 0);
         }
         let snap: Snapshot = r.snapshot();
-        let tw = DiagSocket {
-            state: tracer_common::state::TIME_WAIT,
-            src: "10.0.0.9".parse().unwrap(),
-            sport: 40000,
-            dst: "10.0.0.1".parse().unwrap(),
-            dport: 80,
-            cookie: 0,
-            inode: 0,
-            uid: 0,
-        };
+        let tw = DiagSocket::test(
+            tracer_common::state::TIME_WAIT,
+            "10.0.0.9",
+            40000,
+            "10.0.0.1",
+            80,
+        );
         let inputs = ReportInputs {
             duration_s: 1.0,
             filter: String::new(),
