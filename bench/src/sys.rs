@@ -214,68 +214,6 @@ pub fn loaded_program_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_ticks_survive_odd_comms() {
-        let stat =
-            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 1 0 100 1000 200";
-        assert_eq!(parse_stat_ticks(stat), Some(42));
-        assert_eq!(parse_stat_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn fdinfo_of_programs_and_maps() {
-        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\tabc\nmemlock:\t4096\nprog_id:\t77\nrun_time_ns:\t123456\nrun_cnt:\t1000\nrecursion_misses:\t0\nverified_insns:\t900\n";
-        let f = parse_fdinfo(prog);
-        assert_eq!(
-            f,
-            BpfFd {
-                prog_id: Some(77),
-                map_id: None,
-                run_time_ns: 123456,
-                run_cnt: 1000,
-                memlock: 4096
-            }
-        );
-        let map = "map_type:\t9\nkey_size:\t8\nvalue_size:\t72\nmax_entries:\t262144\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t21000000\nmap_id:\t12\n";
-        let m = parse_fdinfo(map);
-        assert_eq!(
-            (m.map_id, m.memlock, m.prog_id),
-            (Some(12), 21_000_000, None)
-        );
-    }
-
-    #[test]
-    fn meminfo_and_cpu_model() {
-        assert_eq!(
-            meminfo_kib("VmPeak:\t 100 kB\nVmHWM:\t  2048 kB\n", "VmHWM"),
-            Some(2048)
-        );
-        assert_eq!(meminfo_kib("VmHWM:\t  2048 kB\n", "VmRSS"), None);
-        assert_eq!(
-            cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"),
-            "AMD EPYC 7B13"
-        );
-    }
-
-    #[test]
-    fn our_own_process_has_cpu_time_and_rss() {
-        let pid = std::process::id();
-        let t0 = cpu_ticks(pid).unwrap();
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(60) {
-            x = x.wrapping_add(std::hint::black_box(1));
-        }
-        assert!(x > 0);
-        assert!(cpu_ticks(pid).unwrap() >= t0);
-        assert!(peak_rss_kib(pid).unwrap() > 0);
-    }
-}
-
 /// A memory cgroup of the bench's own, to measure the kernel memory charged
 /// to the tracer: BPF map memory (socket storage included) is charged to
 /// the cgroup of the process that created the map. cgroup v1's
@@ -359,5 +297,67 @@ impl Drop for MemCgroup {
     fn drop(&mut self) {
         // Empty once the tracer has exited; its charges move to the parent.
         let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ticks_survive_odd_comms() {
+        let stat =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 1 0 100 1000 200";
+        assert_eq!(parse_stat_ticks(stat), Some(42));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn fdinfo_of_programs_and_maps() {
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t26\nprog_jited:\t1\nprog_tag:\tabc\nmemlock:\t4096\nprog_id:\t77\nrun_time_ns:\t123456\nrun_cnt:\t1000\nrecursion_misses:\t0\nverified_insns:\t900\n";
+        let f = parse_fdinfo(prog);
+        assert_eq!(
+            f,
+            BpfFd {
+                prog_id: Some(77),
+                map_id: None,
+                run_time_ns: 123456,
+                run_cnt: 1000,
+                memlock: 4096
+            }
+        );
+        let map = "map_type:\t9\nkey_size:\t8\nvalue_size:\t72\nmax_entries:\t262144\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t21000000\nmap_id:\t12\n";
+        let m = parse_fdinfo(map);
+        assert_eq!(
+            (m.map_id, m.memlock, m.prog_id),
+            (Some(12), 21_000_000, None)
+        );
+    }
+
+    #[test]
+    fn meminfo_and_cpu_model() {
+        assert_eq!(
+            meminfo_kib("VmPeak:\t 100 kB\nVmHWM:\t  2048 kB\n", "VmHWM"),
+            Some(2048)
+        );
+        assert_eq!(meminfo_kib("VmHWM:\t  2048 kB\n", "VmRSS"), None);
+        assert_eq!(
+            cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"),
+            "AMD EPYC 7B13"
+        );
+    }
+
+    #[test]
+    fn our_own_process_has_cpu_time_and_rss() {
+        let pid = std::process::id();
+        let t0 = cpu_ticks(pid).unwrap();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(60) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(cpu_ticks(pid).unwrap() >= t0);
+        assert!(peak_rss_kib(pid).unwrap() > 0);
     }
 }
