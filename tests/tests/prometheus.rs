@@ -81,12 +81,18 @@ impl TempDir {
 
 /// Wait until Prometheus has scraped `job` successfully.
 fn wait_up(prom_port: u16, job: &str) {
+    wait_scraped(prom_port, job, 1.0);
+}
+
+/// Wait until Prometheus has scraped `job` and stored `up` = `want` (0: the
+/// scrape was made and failed).
+fn wait_scraped(prom_port: u16, job: &str, want: f64) {
     let q = format!("up{{job=\"{job}\"}}");
     let up = wait_for(Duration::from_secs(60), || {
         let v = query(prom_port, &q);
-        (v == Some(1.0), v)
+        (v == Some(want), v)
     });
-    assert_eq!(up, Some(1.0), "Prometheus never scraped {job}");
+    assert_eq!(up, Some(want), "Prometheus never scraped {job}");
 }
 
 /// Run a known workload on `net`, wait for a scrape after its last close,
@@ -219,6 +225,9 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
     let jobs = job("tls-auth", "s3cret") + &job("tls-wrong", "guess");
     let (_prom, prom_port) = prometheus(&dir, &jobs);
     wait_up(prom_port, "tls-auth");
+    // Both jobs start together but each on its own schedule: the wrong
+    // password's first scrape may come after the right one's.
+    wait_scraped(prom_port, "tls-wrong", 0.0);
     workload_numbers_reach_prometheus(prom_port, &net);
     // The wrong password's job: every scrape failed, nothing stored.
     for (q, want) in [
