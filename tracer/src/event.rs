@@ -110,7 +110,7 @@ impl Transition {
             && (e.oldstate == tracer_common::state::SYN_SENT
                 || e.oldstate == tracer_common::state::SYN_RECV);
         Transition {
-            time: humantime::format_rfc3339_micros(clock.wall(e.ts_ns)).to_string(),
+            time: rfc3339_micros(clock.wall(e.ts_ns)),
             cookie: e.cookie,
             pid: known.then_some(e.tgid),
             comm: known.then(|| comm_str(&e.comm)),
@@ -135,6 +135,36 @@ impl Transition {
             netns: e.netns,
         }
     }
+}
+
+/// `t` as RFC 3339 UTC with microseconds (`2026-12-02T16:10:00.123456Z`),
+/// as humantime writes it; the date and time of day are formatted once per
+/// second (events mode writes one per event).
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((u64::MAX, String::new()))
+        };
+    }
+    let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH) else {
+        return humantime::format_rfc3339_micros(t).to_string();
+    };
+    SECOND.with_borrow_mut(|(sec, prefix)| {
+        if *sec != since.as_secs() {
+            *sec = since.as_secs();
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(*sec);
+            *prefix = humantime::format_rfc3339_seconds(whole).to_string();
+            prefix.pop(); // the 'Z'
+        }
+        let mut s = String::with_capacity(prefix.len() + 8);
+        s.push_str(prefix);
+        let mut digits = itoa::Buffer::new();
+        // 1 000 000 + µs: seven digits, the last six zero-padded.
+        s.push('.');
+        s.push_str(&digits.format(1_000_000 + since.subsec_micros())[1..]);
+        s.push('Z');
+        s
+    })
 }
 
 /// Is this the → CLOSE of a connection that had been established?
@@ -288,6 +318,23 @@ mod tests {
         // SAFETY: Event is plain old data without padding.
         unsafe {
             std::slice::from_raw_parts(e as *const Event as *const u8, size_of::<Event>()).to_vec()
+        }
+    }
+
+    #[test]
+    fn rfc3339_micros_is_humantimes() {
+        for ns in [
+            0u64,
+            1_000,
+            999_999_999,
+            1_764_691_200_000_001_000,
+            1_764_691_200_999_999_000,
+        ] {
+            for step in [0u64, 1_000, 1_000_000_000] {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns + step);
+                let want = humantime::format_rfc3339_micros(t).to_string();
+                assert_eq!(rfc3339_micros(t), want);
+            }
         }
     }
 

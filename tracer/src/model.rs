@@ -69,10 +69,27 @@ pub fn ip_from_raw(family: u16, raw: &[u8; 16]) -> IpAddr {
 
 /// `addr:port`, with brackets for IPv6.
 pub fn endpoint(ip: IpAddr, port: u16) -> String {
+    let mut s = String::with_capacity(48);
     match ip {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        // The common case without the formatting machinery (events mode
+        // writes two endpoints per event).
+        IpAddr::V4(a) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                s.push_str(digits.format(o));
+            }
+        }
+        IpAddr::V6(a) => {
+            use std::fmt::Write as _;
+            let _ = write!(s, "[{a}]");
+        }
     }
+    s.push(':');
+    s.push_str(itoa::Buffer::new().format(port));
+    s
 }
 
 /// A latency histogram merged over CPUs.
@@ -987,6 +1004,10 @@ mod tests {
         let mut raw = [0u8; 16];
         raw[..4].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(endpoint(ip_from_raw(2, &raw), 80), "127.0.0.1:80");
+        for a in ["0.0.0.0", "255.255.255.255", "10.20.3.40"] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(endpoint(ip, 65535), format!("{a}:65535"));
+        }
         let v6: Ipv6Addr = "::1".parse().unwrap();
         assert_eq!(endpoint(ip_from_raw(10, &v6.octets()), 443), "[::1]:443");
         let mapped: Ipv6Addr = "::ffff:10.1.2.3".parse().unwrap();
