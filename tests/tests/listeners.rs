@@ -239,3 +239,85 @@ fn slow_acceptor_queue_matches_ss() {
     assert!(!row.in_trouble());
     assert!(in_flight(&s, inode).is_empty());
 }
+
+/// How long the handshake's final ACK is held: past the listener's first
+/// SYN-ACK retransmit (1 s after the SYN-ACK) and well before its second
+/// (1 s + 2 s), so each held handshake costs exactly one retransmit.
+const FINAL_ACK_HOLD: Duration = Duration::from_secs(2);
+
+#[test]
+fn synack_retransmits_and_accepts_per_listener() {
+    use integration_tests::netdelay::{Action, NetDelay};
+    let ns = Ns::create("synack");
+    let inode = ns.namespace().inode;
+    let filter = FilterSpec {
+        netns: Some(inode),
+        ..Default::default()
+    };
+    let t = Tracer::start(filter, false, 4096).expect("attach");
+    // The NFQUEUE rule and its verdict loop live in the namespace (threads
+    // and iptables started inside it); blocking connects return at the
+    // SYN-ACK, while the listener waits for the held final ACKs.
+    let (held, calm, _clients, records) = ns.run(|| {
+        let held = listen(7011, 16);
+        let calm = listen(7012, 16);
+        let delay = NetDelay::start(Action::DelayFinalAck(FINAL_ACK_HOLD), 7011).unwrap();
+        let mut clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", 7011)).unwrap())
+            .collect();
+        clients.extend((0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", 7012)).unwrap()));
+        // Every handshake complete: the three held ones in 7011's queue.
+        wait_for(Duration::from_secs(20), || {
+            let r = delay.records();
+            let done = r.len() == 3 && r.values().all(|r| r.released.is_some());
+            (done && queue_len(7011) == 3, ())
+        });
+        let records = delay.records();
+        drop(delay);
+        (held, calm, clients, records)
+    });
+    let truth: u64 = records.values().map(|r| u64::from(r.synacks) - 1).sum();
+    let s = t.summary(10).expect("summary");
+    let nstat = ns.tcpext("TCPSynRetrans");
+    let row = listener(&s, inode, 7011);
+    assert_eq!(truth, 3, "one retransmit per held handshake: {records:?}");
+    assert_eq!(row.synack_retransmits, truth, "{row:?}");
+    assert_eq!(nstat, truth, "no SYN retransmits here: all SYN-ACKs passed");
+    assert_eq!(row.accepts, 3, "{row:?}");
+    assert_eq!((row.accept_queue, row.accept_queue_limit), (3, 16));
+    assert_eq!(ns.ss_listen(7011), (3, 16));
+    let other = listener(&s, inode, 7012);
+    assert_eq!(
+        (other.synack_retransmits, other.accepts),
+        (0, 2),
+        "{other:?}"
+    );
+    assert_eq!(s.listen.synack_retransmits_total, truth);
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["synack_retransmits_total"], truth);
+    let rows = json["listeners"].as_array().unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r["local"] == "127.0.0.1:7011")
+        .unwrap();
+    assert_eq!(
+        (r["synack_retransmits"].as_u64(), r["accepts"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let text = tracer::report::render_text(&s);
+    assert!(
+        text.contains("SYN-ACK retransmits on every listener during the run: 3"),
+        "{text}"
+    );
+    drop((held, calm));
+}
+
+/// The accept queue of the listener on `port`, from sock_diag in the
+/// calling thread's namespace.
+fn queue_len(port: u16) -> u32 {
+    tracer::diag::dump_detail(tracer::diag::states(&[tracer_common::state::LISTEN]))
+        .unwrap()
+        .iter()
+        .find(|d| d.socket.sport == port)
+        .map_or(0, |d| d.recv_queue)
+}

@@ -19,6 +19,7 @@ mod listener;
 mod maps;
 mod output;
 mod sock;
+mod synack;
 mod transition;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};

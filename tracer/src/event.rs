@@ -276,7 +276,8 @@ mod tests {
             netns: 4026531840,
             dir: dir::ACTIVE,
             flags: flag::OWNER_KNOWN | flag::DURATION_KNOWN | flag::RETRANS | flag::HANDSHAKE_KNOWN,
-            _pad: [0; 7],
+            kind: 0,
+            _pad: [0; 6],
         };
         e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);

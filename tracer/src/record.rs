@@ -418,6 +418,8 @@ pub fn counter_name(i: u32) -> Option<String> {
         counter::TCP_SOCK_UNAVAILABLE => "tcp_sock_unavailable",
         counter::LISTENER_TABLE_FULL => "listener_table_full",
         counter::PASSIVE_RTT_UNKNOWN => "passive_rtt_unknown",
+        counter::SYNACK_RETRANSMITS => "synack_retransmits",
+        counter::LISTENER_STATS_FULL => "listener_stats_full",
         i if (counter::CLOSE_BASE..counter::TIME_WAIT_BY_DIR).contains(&i) => {
             let k = (i - counter::CLOSE_BASE) as u8;
             let name = if k == close::NONE {
