@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracer_common::{close, flag, Event, AF_INET6};
+use tracer_common::{close, event_kind, flag, Event, AF_INET6};
 
 use crate::model::{close_kind_name, comm_str, dir_name, endpoint, ip_from_raw, state_name};
 
@@ -133,6 +133,90 @@ impl Transition {
             cgroup_id: e.cgroup_id,
             cgroup: None,
             netns: e.netns,
+        }
+    }
+}
+
+/// A listener-side event (`Event::kind` other than a transition): a line of
+/// its own in events mode. Field names are the JSON schema.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerEvent {
+    pub time: String,
+    /// What happened: `listener_event_name` of the kind.
+    pub event: &'static str,
+    /// The listener's owner (the process that called listen()), when known.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub family: &'static str,
+    /// The listener's address and port.
+    pub local: String,
+    /// The client's.
+    pub remote: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub netns: u32,
+}
+
+/// The name of a listener-side event kind; None for a transition (or a
+/// kind this build does not know).
+pub fn listener_event_name(kind: u8) -> Option<&'static str> {
+    match kind {
+        event_kind::SYNACK_RETRANSMIT => Some("synack_retransmit"),
+        _ => None,
+    }
+}
+
+impl ListenerEvent {
+    /// None for a transition.
+    pub fn from_event(e: &Event, clock: &Clock) -> Option<Self> {
+        let known = e.flags & flag::OWNER_KNOWN != 0;
+        Some(ListenerEvent {
+            time: humantime::format_rfc3339_micros(clock.wall(e.ts_ns)).to_string(),
+            event: listener_event_name(e.kind)?,
+            pid: known.then_some(e.tgid),
+            comm: known.then(|| comm_str(&e.comm)),
+            family: if e.family == AF_INET6 { "ipv6" } else { "ipv4" },
+            local: endpoint(ip_from_raw(e.family, &e.saddr), e.sport),
+            remote: endpoint(ip_from_raw(e.family, &e.daddr), e.dport),
+            cgroup_id: e.cgroup_id,
+            cgroup: None,
+            netns: e.netns,
+        })
+    }
+
+    /// One text line, in the transitions' columns: the event's name where
+    /// a transition has its states.
+    pub fn text_line(&self, full_time: bool) -> String {
+        let time = if full_time {
+            &self.time
+        } else {
+            self.time.get(11..26).unwrap_or(&self.time)
+        };
+        let note = match self.event {
+            "synack_retransmit" => "listener resent its SYN-ACK (final ACK not arrived)",
+            _ => "",
+        };
+        format!(
+            "{:<w$} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
+            time,
+            self.pid.map_or("-".to_string(), |p| p.to_string()),
+            self.comm.as_deref().unwrap_or("-"),
+            self.local,
+            self.remote,
+            self.event.to_uppercase(),
+            "-",
+            note,
+            w = if full_time { 27 } else { 15 }
+        )
+    }
+
+    /// As text or as a JSON line.
+    pub fn write(&self, out: &mut impl Write, json: bool, full_time: bool) -> io::Result<()> {
+        if json {
+            serde_json::to_writer(&mut *out, self)?;
+            out.write_all(b"\n")
+        } else {
+            writeln!(out, "{}", self.text_line(full_time))
         }
     }
 }
@@ -290,6 +374,39 @@ mod tests {
         unsafe {
             std::slice::from_raw_parts(e as *const Event as *const u8, size_of::<Event>()).to_vec()
         }
+    }
+
+    #[test]
+    fn listener_events_are_lines_of_their_own() {
+        let mut e = event();
+        let clock = Clock::fixed(0, epoch(1_700_000_000));
+        assert_eq!(ListenerEvent::from_event(&e, &clock), None, "a transition");
+        e.kind = event_kind::SYNACK_RETRANSMIT;
+        (e.oldstate, e.newstate) = (0, 0);
+        let l = ListenerEvent::from_event(&e, &clock).expect("listener event");
+        assert_eq!(
+            (l.event, l.local.as_str(), l.remote.as_str(), l.pid),
+            (
+                "synack_retransmit",
+                "127.0.0.1:40000",
+                "10.0.0.2:80",
+                Some(4242)
+            )
+        );
+        let line = l.text_line(false);
+        assert!(line.contains("SYNACK_RETRANSMIT"), "{line}");
+        assert_eq!(
+            line.find("listener resent"),
+            text_header().find("NOTE"),
+            "the note in the NOTE column: {line}"
+        );
+        let mut json = Vec::new();
+        l.write(&mut json, true, false).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["event"], "synack_retransmit");
+        assert_eq!(v["netns"], 4026531840u32);
+        e.kind = 200;
+        assert_eq!(ListenerEvent::from_event(&e, &clock), None, "unknown kind");
     }
 
     #[test]

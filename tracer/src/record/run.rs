@@ -96,12 +96,14 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     );
     let clock = Clock::now();
     let mut cgroups = crate::cgroup::Resolver::new();
-    let (mut events, mut bad) = (0u64, 0u64);
+    let (mut events, mut bad, mut listener_events) = (0u64, 0u64, 0u64);
     let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
                      w: &mut Writer<BufWriter<File>>|
      -> io::Result<()> {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
+                // Recordings keep transitions only (counted, not written).
+                Ok(e) if e.kind != tracer_common::event_kind::TRANSITION => listener_events += 1,
                 Ok(e) => {
                     let mut t = Transition::from_event(&e, &clock);
                     t.cgroup = cgroups.path(e.cgroup_id);
@@ -169,7 +171,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "{events} events recorded ({} bytes), {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions counted in the kernel",
+        "{events} events recorded ({} bytes), {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable, {listener_events} listener-side events (SYN-ACK retransmits) not recorded; {} transitions counted in the kernel",
         size,
         end.events_dropped,
         snap.counter(counter::TRANSITIONS)
