@@ -150,12 +150,24 @@ pub mod counter {
     /// Per-listener figures not kept because the `LISTENER_STATS` table was
     /// full (the global counters still have them).
     pub const LISTENER_STATS_FULL: u32 = 21;
+    /// Listener events (SYN-ACK retransmits) the filters dropped: the
+    /// `tcp_retransmit_synack` program's own slot, since it may interrupt
+    /// the transition program on a CPU (softirq over process context) and
+    /// two writers of one plain per-CPU counter could lose an increment.
+    pub const SYNACK_FILTERED_OUT: u32 = 42;
+    /// The same program's `LISTENER_STATS_FULL`.
+    pub const SYNACK_LISTENER_STATS_FULL: u32 = 43;
     /// First of `close::COUNT` slots: X → CLOSE by close kind.
     pub const CLOSE_BASE: u32 = 24;
     /// First of 3 slots (indexed by `dir::*`): entries into the timewait table
     /// (`close::TIME_WAIT` + `close::FIN_WAIT2_PARKED`) by who opened the connection.
     pub const TIME_WAIT_BY_DIR: u32 = CLOSE_BASE + super::close::COUNT as u32;
-    pub const COUNT: u32 = TIME_WAIT_BY_DIR + 3;
+    /// One past the last `TIME_WAIT_BY_DIR` slot.
+    pub const TIME_WAIT_BY_DIR_END: u32 = TIME_WAIT_BY_DIR + 3;
+    /// One past the highest slot in use (slots below it that nothing
+    /// names stay 0).
+    pub const COUNT: u32 = SYNACK_LISTENER_STATS_FULL + 1;
+    const _: () = assert!(TIME_WAIT_BY_DIR_END <= SYNACK_FILTERED_OUT);
 }
 
 /// Histogram slots in the `HISTS` per-CPU array.

@@ -36,6 +36,8 @@ pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn on_synack_retransmit(sk: *const u8, req: *const u8) {
     let Some(stats) = stats() else { return };
+    // The two skips below share counters with the transition program; they
+    // do not happen on a TCP listener once loaded (kept as guards).
     if ld!(OFFSETS.valid) == 0 {
         bump(stats, counter::SKIPPED_NO_OFFSETS);
         return;
@@ -51,7 +53,7 @@ fn on_synack_retransmit(sk: *const u8, req: *const u8) {
         return;
     };
     bump(stats, counter::SYNACK_RETRANSMITS);
-    add(stats, st.netns, ends.lport, |s| s.synack_retransmits += 1);
+    add(stats, st.netns, ends.lport, Figure::SynackRetransmit);
     let facts = EventFacts {
         // SAFETY: helper without arguments.
         ts: unsafe { bpf_ktime_get_ns() },
@@ -87,7 +89,7 @@ fn listener_state(
         r
     });
     if v != Verdict::Match {
-        bump(stats, counter::FILTERED_OUT);
+        bump(stats, counter::SYNACK_FILTERED_OUT);
         return None;
     }
     Some(st)
@@ -97,7 +99,7 @@ fn listener_state(
 /// SYN_RECV → ESTABLISHED, already past the filters).
 #[inline(always)]
 pub fn on_accept(stats: &mut Stats, netns: u32, lport: u16) {
-    add(stats, netns, lport, |s| s.accepts += 1);
+    add(stats, netns, lport, Figure::Accept);
 }
 
 /// Zeroed value to insert new rows from (a static, so the helper takes it).
@@ -106,8 +108,18 @@ static ZERO: ListenerStats = ListenerStats {
     accepts: 0,
 };
 
-#[inline(always)]
-fn add(stats: &mut Stats, netns: u32, port: u16, f: impl FnOnce(&mut ListenerStats)) {
+/// Which figure of a port's row to bump. Each has one writer program
+/// (and each program its own table-full counter), so the two programs
+/// never write the same per-CPU word, even when one interrupts the other.
+#[derive(Clone, Copy)]
+enum Figure {
+    SynackRetransmit,
+    Accept,
+}
+
+/// A frame of its own, off the transition program's deepest call chain.
+#[inline(never)]
+fn add(stats: &mut Stats, netns: u32, port: u16, figure: Figure) {
     let key = ListenerKey {
         netns,
         port,
@@ -120,9 +132,20 @@ fn add(stats: &mut Stats, netns: u32, port: u16, f: impl FnOnce(&mut ListenerSta
         p = LISTENER_STATS.get_ptr_mut(&key);
     }
     match p {
-        // SAFETY: per-CPU value of this CPU; a run is not preempted by
-        // another run on the same CPU.
-        Some(s) => f(unsafe { &mut *s }),
-        None => bump(stats, counter::LISTENER_STATS_FULL),
+        // SAFETY: per-CPU value of this CPU; a program does not nest in
+        // itself on a CPU, and the field is this program's only (`Figure`).
+        Some(s) => unsafe {
+            match figure {
+                Figure::SynackRetransmit => (*s).synack_retransmits += 1,
+                Figure::Accept => (*s).accepts += 1,
+            }
+        },
+        None => bump(
+            stats,
+            match figure {
+                Figure::SynackRetransmit => counter::SYNACK_LISTENER_STATS_FULL,
+                Figure::Accept => counter::LISTENER_STATS_FULL,
+            },
+        ),
     }
 }

@@ -458,6 +458,58 @@ mod tests {
     }
 
     #[test]
+    fn kernel_figures_go_to_every_row_of_their_port_and_namespace() {
+        let mut l = Listeners::default();
+        let socks = [
+            sock(state::LISTEN, 80, 0, 0, (0, 1, 0)),
+            sock(state::LISTEN, 81, 0, 0, (0, 1, 0)),
+        ];
+        add_namespace(&mut l, 7, &socks, &Ages::new(), &FilterSpec::default());
+        add_namespace(&mut l, 8, &socks[..1], &Ages::new(), &FilterSpec::default());
+        let key = |netns, port| ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        let stats = BTreeMap::from([
+            (
+                key(7, 80),
+                ListenerStats {
+                    synack_retransmits: 3,
+                    accepts: 5,
+                },
+            ),
+            (
+                key(9, 80),
+                ListenerStats {
+                    synack_retransmits: 1,
+                    accepts: 1,
+                },
+            ),
+        ]);
+        add_kernel_stats(&mut l, &stats, 4);
+        let fig = |netns, port| {
+            let r = l
+                .listeners
+                .iter()
+                .find(|r| r.netns == netns && r.port == port)
+                .unwrap();
+            (r.synack_retransmits, r.accepts)
+        };
+        assert_eq!(
+            (fig(7, 80), fig(7, 81), fig(8, 80)),
+            ((3, 5), (0, 0), (0, 0))
+        );
+        assert_eq!(l.synack_retransmits_total, 4, "closed listeners' too");
+        let mut text = String::new();
+        render(&mut text, &l);
+        assert!(
+            text.contains("synack retransmits      3  accepts      5  netns 7"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn listener_filter_is_by_local_port() {
         let mut l = Listeners::default();
         let f = FilterSpec {

@@ -401,7 +401,7 @@ impl Health {
             ),
             (
                 "filtered_out",
-                "Transitions the filters dropped",
+                "Transitions (and listener events) the filters dropped",
                 self.filtered_out,
             ),
             (
@@ -1160,14 +1160,15 @@ pub fn build(snap: &Snapshot, ctx: &Context) -> Summary {
             inflight_missing: c(counter::INFLIGHT_MISSING),
             inflight_insert_failed: c(counter::INFLIGHT_INSERT_FAILED),
             flow_table_full: c(counter::FLOW_TABLE_FULL),
-            filtered_out: c(counter::FILTERED_OUT),
+            filtered_out: c(counter::FILTERED_OUT) + c(counter::SYNACK_FILTERED_OUT),
             non_tcp_ignored: c(counter::NON_TCP),
             skipped: c(counter::SKIPPED_OTHER),
             skipped_no_offsets: c(counter::SKIPPED_NO_OFFSETS),
             tcp_sock_unavailable: c(counter::TCP_SOCK_UNAVAILABLE),
             listener_table_full: c(counter::LISTENER_TABLE_FULL),
             passive_rtt_unknown: c(counter::PASSIVE_RTT_UNKNOWN),
-            listener_stats_full: c(counter::LISTENER_STATS_FULL),
+            listener_stats_full: c(counter::LISTENER_STATS_FULL)
+                + c(counter::SYNACK_LISTENER_STATS_FULL),
             recursion_misses: snap.recursion_misses,
         },
     }
