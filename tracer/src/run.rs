@@ -164,9 +164,10 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     }
     let snap = tracer.snapshot()?;
     eprintln!(
-        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions counted in the kernel",
+        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions and {} SYN-ACK retransmits counted in the kernel",
         snap.counter(counter::RINGBUF_DROPS),
-        snap.counter(counter::TRANSITIONS)
+        snap.counter(counter::TRANSITIONS),
+        snap.counter(counter::SYNACK_RETRANSMITS)
     );
     Ok(())
 }
