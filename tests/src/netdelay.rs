@@ -52,6 +52,9 @@ pub struct Record {
     pub released: Option<Instant>,
     /// SYNs dropped.
     pub syns_dropped: u32,
+    /// SYN-ACKs the server sent to this client (counted by `DelayFinalAck`):
+    /// all but the first are retransmits.
+    pub synacks: u32,
 }
 
 /// An installed rule and its verdict loop. Dropping it removes the rules,
@@ -254,6 +257,7 @@ fn verdict_loop(
             Action::DelayFinalAck(d) => {
                 if synack {
                     rec.synack_seen.get_or_insert(seen);
+                    rec.synacks += 1;
                     msg.set_verdict(nfq::Verdict::Accept);
                     let _ = queue.verdict(msg);
                 } else {

@@ -239,3 +239,195 @@ fn slow_acceptor_queue_matches_ss() {
     assert!(!row.in_trouble());
     assert!(in_flight(&s, inode).is_empty());
 }
+
+/// How long the handshake's final ACK is held: past the listener's first
+/// SYN-ACK retransmit (1 s after the SYN-ACK) and well before its second
+/// (1 s + 2 s), so each held handshake costs exactly one retransmit.
+const FINAL_ACK_HOLD: Duration = Duration::from_secs(2);
+
+#[test]
+fn synack_retransmits_and_accepts_per_listener() {
+    let ns = Ns::create("synack");
+    let inode = ns.namespace().inode;
+    let filter = FilterSpec {
+        netns: Some(inode),
+        ..Default::default()
+    };
+    let t = Tracer::start(filter, false, 4096).expect("attach");
+    let (held, calm, _clients, records) = held_handshakes(&ns);
+    let truth: u64 = records.values().map(|r| u64::from(r.synacks) - 1).sum();
+    let s = t.summary(10).expect("summary");
+    let nstat = ns.tcpext("TCPSynRetrans");
+    let row = listener(&s, inode, 7011);
+    assert_eq!(truth, 3, "one retransmit per held handshake: {records:?}");
+    assert_eq!(row.synack_retransmits, truth, "{row:?}");
+    assert_eq!(nstat, truth, "no SYN retransmits here: all SYN-ACKs passed");
+    assert_eq!(row.accepts, 3, "{row:?}");
+    assert_eq!((row.accept_queue, row.accept_queue_limit), (3, 16));
+    assert_eq!(ns.ss_listen(7011), (3, 16));
+    let other = listener(&s, inode, 7012);
+    assert_eq!(
+        (other.synack_retransmits, other.accepts),
+        (0, 2),
+        "{other:?}"
+    );
+    assert_eq!(s.listen.synack_retransmits_total, truth);
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["synack_retransmits_total"], truth);
+    let rows = json["listeners"].as_array().unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r["local"] == "127.0.0.1:7011")
+        .unwrap();
+    assert_eq!(
+        (r["synack_retransmits"].as_u64(), r["accepts"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let text = tracer::report::render_text(&s);
+    assert!(
+        text.contains("SYN-ACK retransmits on every listener during the run: 3"),
+        "{text}"
+    );
+    drop((held, calm));
+}
+
+/// Listeners on 7011 and 7012 in `ns`, three connects to 7011 whose final
+/// ACKs are held for `FINAL_ACK_HOLD` (one SYN-ACK retransmit each) and two
+/// to 7012 that complete at once; returns once all are in the queues, with
+/// the verdict loop's records of 7011's clients.
+/// The NFQUEUE rule and its verdict loop live in the namespace (threads
+/// and iptables started inside it); blocking connects return at the
+/// SYN-ACK, while the listener waits for the held final ACKs.
+fn held_handshakes(
+    ns: &Ns,
+) -> (
+    TcpListener,
+    TcpListener,
+    Vec<std::net::TcpStream>,
+    std::collections::BTreeMap<u16, integration_tests::netdelay::Record>,
+) {
+    use integration_tests::netdelay::{Action, NetDelay};
+    ns.run(|| {
+        let held = listen(7011, 16);
+        let calm = listen(7012, 16);
+        let delay = NetDelay::start(Action::DelayFinalAck(FINAL_ACK_HOLD), 7011).unwrap();
+        let mut clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", 7011)).unwrap())
+            .collect();
+        clients.extend((0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", 7012)).unwrap()));
+        // Every handshake complete: the three held ones in 7011's queue.
+        wait_for(Duration::from_secs(20), || {
+            let r = delay.records();
+            let done = r.len() == 3 && r.values().all(|r| r.released.is_some());
+            (done && queue_len(7011) == 3 && queue_len(7012) == 2, ())
+        });
+        let records = delay.records();
+        drop(delay);
+        (held, calm, clients, records)
+    })
+}
+
+/// `tracer events ARGS` running until `stop`, its stdout read meanwhile.
+struct EventsRun {
+    child: std::process::Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl EventsRun {
+    /// Started and attached (its "Tracing" line on stderr).
+    fn start(args: &[&str]) -> Self {
+        use std::io::{BufRead, Read};
+        let mut child = Command::new(integration_tests::tracer_bin())
+            .arg("events")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tracer events");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap() > 0 && !line.contains("Tracing TCP") {
+            line.clear();
+        }
+        assert!(line.contains("Tracing TCP"), "tracer events did not start");
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        EventsRun {
+            child,
+            stdout: Some(stdout),
+        }
+    }
+
+    /// SIGINT (it drains the ring and exits 0), and its stdout.
+    fn stop(mut self) -> String {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        self.stdout.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for EventsRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn synack_retransmits_are_event_lines_with_the_filters() {
+    let ns = Ns::create("synackev");
+    let inode = ns.namespace().inode.to_string();
+    let all = EventsRun::start(&["--json", "--netns", &inode]);
+    let text = EventsRun::start(&["--netns", &inode, "--lport", "7011"]);
+    let other = EventsRun::start(&["--netns", &inode, "--lport", "7012"]);
+    let (_held, _calm, _clients, records) = held_handshakes(&ns);
+    let (all, text, other) = (all.stop(), text.stop(), other.stop());
+    if std::env::var_os("LISTEN_SHOW").is_some() {
+        println!("{text}\n{all}");
+    }
+    let lines: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    let synacks: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["event"] == "synack_retransmit")
+        .collect();
+    let truth: usize = records.values().map(|r| r.synacks as usize - 1).sum();
+    assert_eq!((synacks.len(), truth), (3, 3), "{all}");
+    let mut clients: Vec<String> = records.keys().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut seen: Vec<String> = synacks
+        .iter()
+        .map(|v| v["remote"].as_str().unwrap().to_string())
+        .collect();
+    clients.sort();
+    seen.sort();
+    assert_eq!(seen, clients, "one per held client");
+    for v in &synacks {
+        assert_eq!(v["local"], "127.0.0.1:7011");
+        assert_eq!(v["pid"], std::process::id(), "the listener's owner");
+        assert_eq!(v["netns"].to_string(), inode);
+    }
+    // The same filters as transitions: by the listener's port.
+    assert_eq!(text.matches("SYNACK_RETRANSMIT").count(), 3, "{text}");
+    assert_eq!(other.matches("SYNACK_RETRANSMIT").count(), 0, "{other}");
+    assert_eq!(other.matches("SYN_RECV->ESTABLISHED").count(), 2, "{other}");
+}
+
+/// The accept queue of the listener on `port`, from sock_diag in the
+/// calling thread's namespace.
+fn queue_len(port: u16) -> u32 {
+    tracer::diag::dump_detail(tracer::diag::states(&[tracer_common::state::LISTEN]))
+        .unwrap()
+        .iter()
+        .find(|d| d.socket.sport == port)
+        .map_or(0, |d| d.recv_queue)
+}

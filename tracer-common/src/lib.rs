@@ -143,12 +143,31 @@ pub mod counter {
     /// Passive handshakes whose SYN-ACK RTT sample was 0 (no sample, e.g.
     /// syncookies): counted as established, not as a 0 µs latency.
     pub const PASSIVE_RTT_UNKNOWN: u32 = 19;
+    /// SYN-ACKs a listener retransmitted (`tcp:tcp_retransmit_synack`, which
+    /// fires where the kernel counts TcpExtTCPSynRetrans for a SYN-ACK),
+    /// under the filters.
+    pub const SYNACK_RETRANSMITS: u32 = 20;
+    /// Per-listener figures not kept because the `LISTENER_STATS` table was
+    /// full (the global counters still have them).
+    pub const LISTENER_STATS_FULL: u32 = 21;
+    /// Listener events (SYN-ACK retransmits) the filters dropped: the
+    /// `tcp_retransmit_synack` program's own slot, since it may interrupt
+    /// the transition program on a CPU (softirq over process context) and
+    /// two writers of one plain per-CPU counter could lose an increment.
+    pub const SYNACK_FILTERED_OUT: u32 = 42;
+    /// The same program's `LISTENER_STATS_FULL`.
+    pub const SYNACK_LISTENER_STATS_FULL: u32 = 43;
     /// First of `close::COUNT` slots: X → CLOSE by close kind.
     pub const CLOSE_BASE: u32 = 24;
     /// First of 3 slots (indexed by `dir::*`): entries into the timewait table
     /// (`close::TIME_WAIT` + `close::FIN_WAIT2_PARKED`) by who opened the connection.
     pub const TIME_WAIT_BY_DIR: u32 = CLOSE_BASE + super::close::COUNT as u32;
-    pub const COUNT: u32 = TIME_WAIT_BY_DIR + 3;
+    /// One past the last `TIME_WAIT_BY_DIR` slot.
+    pub const TIME_WAIT_BY_DIR_END: u32 = TIME_WAIT_BY_DIR + 3;
+    /// One past the highest slot in use (slots below it that nothing
+    /// names stay 0).
+    pub const COUNT: u32 = SYNACK_LISTENER_STATS_FULL + 1;
+    const _: () = assert!(TIME_WAIT_BY_DIR_END <= SYNACK_FILTERED_OUT);
 }
 
 /// Histogram slots in the `HISTS` per-CPU array.
@@ -307,9 +326,20 @@ pub struct Event {
     pub dir: u8,
     /// `flag::*`
     pub flags: u8,
-    pub _pad: [u8; 7],
+    /// `event_kind::*`
+    pub kind: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 144);
+
+/// What an `Event` reports: a transition, or a listener-side event that is
+/// no transition (then `oldstate`/`newstate` are 0, `saddr`/`sport` are the
+/// listener's, `daddr`/`dport` the client's, owner the listener's).
+pub mod event_kind {
+    pub const TRANSITION: u8 = 0;
+    /// A listener retransmitted a SYN-ACK to a pending connection request.
+    pub const SYNACK_RETRANSMIT: u8 = 1;
+}
 
 /// Close paths a connection took (`machine::close_paths`), added to its
 /// flow row once, at → CLOSE.
@@ -360,6 +390,19 @@ pub struct ListenerKey {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+
+/// What happened on one listening port (`ListenerKey`) while the tracer
+/// ran, per CPU (userspace sums), under the filters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// SYN-ACKs retransmitted (`tcp:tcp_retransmit_synack`).
+    pub synack_retransmits: u64,
+    /// Handshakes completed into the accept queue (SYN_RECV → ESTABLISHED
+    /// of a child of this port).
+    pub accepts: u64,
+}
+const _: () = assert!(core::mem::size_of::<ListenerStats>() == 16);
 
 /// Who owns a listening port (captured at CLOSE→LISTEN in listen()'s context),
 /// and how many listening sockets share the key (SO_REUSEPORT, v4 + v6): the
@@ -496,6 +539,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ListenerStats {}
     unsafe impl aya::Pod for super::Stats {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}

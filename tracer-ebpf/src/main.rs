@@ -6,10 +6,13 @@
 //! helpers). It does capture, filtering and exact aggregation; formatting and
 //! policy live in userspace. The rules it applies (what a transition counts,
 //! a socket's birth, owner and verdict) are pure functions in
-//! `tracer_common::{account, machine}`, unit-tested there.
+//! `tracer_common::{account, machine}`, unit-tested there. A second, small
+//! program on `tcp:tcp_retransmit_synack` (in `synack`) counts SYN-ACK
+//! retransmits per listener; it runs only when the kernel resends one.
 //!
 //! Rooms: `maps` (every map), `sock` (field loads), `filter` (the verdict),
-//! `listener` (listening sockets), `transition` (everything else), `output`
+//! `listener` (listening sockets), `synack` (per-listener figures),
+//! `transition` (everything else), `output`
 //! (histograms, flows, events).
 #![no_std]
 #![no_main]
@@ -19,6 +22,7 @@ mod listener;
 mod maps;
 mod output;
 mod sock;
+mod synack;
 mod transition;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};

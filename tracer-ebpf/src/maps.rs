@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    hist::Hist, hist_kind, FlowKey, FlowStats, ListenerKey, Owner, SockState, Stats, TwSlot,
-    TW_SLOTS,
+    hist::Hist, hist_kind, FlowKey, FlowStats, ListenerKey, ListenerStats, Owner, SockState, Stats,
+    TwSlot, TW_SLOTS,
 };
 
 /// Events for live mode (written in place; full → counted as dropped).
@@ -47,6 +47,13 @@ pub static FLOW_NEW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Listening ports per network namespace → the process that called listen().
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, Owner> = HashMap::with_max_entries(8192, 0);
+
+/// What happened per listening port in a namespace (SYN-ACK retransmits,
+/// completed handshakes); rows stay for the run (bounded by the ports
+/// that saw any), full → `counter::LISTENER_STATS_FULL`.
+#[map]
+pub static LISTENER_STATS: PerCpuHashMap<ListenerKey, ListenerStats> =
+    PerCpuHashMap::with_max_entries(8192, 0);
 
 /// Per-socket state, in socket-local storage: created at the socket's
 /// birth (or first sight), freed by the kernel with the socket, so every

@@ -140,6 +140,8 @@ pub struct EventFacts {
     pub sk_err: u16,
     pub close_kind: u8,
     pub flags: u8,
+    /// `event_kind::*` (0: a transition).
+    pub kind: u8,
 }
 
 /// Write one event straight into the ring buffer (summary mode: nothing;
@@ -187,7 +189,8 @@ pub fn emit(sk: *const u8, e: &Ends, st: &SockState, x: &EventFacts) {
         (*ev).close_kind = x.close_kind;
         (*ev).dir = st.dir;
         (*ev).flags = x.flags | (st.flags & tracer_common::flag::OWNER_KNOWN);
-        (*ev)._pad = [0; 7];
+        (*ev).kind = x.kind;
+        (*ev)._pad = [0; 6];
     }
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let wake = if pending >= ld!(WAKE_BYTES) {

@@ -348,6 +348,9 @@ fn counted(stats: &mut Stats, st: &mut SockState, t: &Tr) {
     let x = read_facts(stats, st, t, &mut ff);
     let e = effects(t.old, t.new, st.dir, &x);
     count(stats, t.old, t.new, &e);
+    if t.old == state::SYN_RECV && t.new == state::ESTABLISHED {
+        crate::synack::on_accept(stats, st.netns, t.ends.lport);
+    }
     if e.hist != NONE {
         output::observe_hist(e.hist, ff.handshake_ns);
     }
@@ -402,6 +405,7 @@ fn event(st: &SockState, t: &Tr, e: &Effects, x: &Facts, ff: &FlowFacts) {
         sk_err: x.sk_err,
         close_kind: e.close_kind,
         flags,
+        ..EventFacts::default()
     };
     output::emit(t.sk, &t.ends, st, &facts);
 }

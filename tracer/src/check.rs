@@ -23,6 +23,8 @@ pub struct ModeCheck {
     pub loaded: bool,
     /// Instructions the verifier processed (Linux ≥ 5.16 reports it).
     pub verified_insns: Option<u32>,
+    /// The same for the listener-side program (`probe::SYNACK_PROGRAM`).
+    pub synack_verified_insns: Option<u32>,
     pub error: Option<String>,
 }
 
@@ -45,17 +47,21 @@ pub fn run() -> anyhow::Result<Check> {
                 emit_events,
                 ..Default::default()
             };
-            match Probe::attach(&opts).and_then(|p| p.run_stats()) {
-                Ok(s) => ModeCheck {
+            let stats =
+                Probe::attach(&opts).and_then(|p| Ok((p.run_stats()?, p.synack_run_stats()?)));
+            match stats {
+                Ok((s, l)) => ModeCheck {
                     mode,
                     loaded: true,
                     verified_insns: s.verified_insns,
+                    synack_verified_insns: l.verified_insns,
                     error: None,
                 },
                 Err(e) => ModeCheck {
                     mode,
                     loaded: false,
                     verified_insns: None,
+                    synack_verified_insns: None,
                     error: Some(format!("{e:#}")),
                 },
             }
@@ -86,7 +92,14 @@ pub fn render(c: &Check) -> String {
                     "{:<8} loaded: {n} instructions verified ({:.1}% of {INSN_LIMIT})\n",
                     m.mode,
                     100.0 * n as f64 / INSN_LIMIT as f64
-                )
+                );
+                if let Some(l) = m.synack_verified_insns {
+                    o += &format!(
+                        "{:<8} {}: {l} instructions verified\n",
+                        "",
+                        crate::probe::SYNACK_PROGRAM
+                    );
+                }
             }
             (None, None) => {
                 o += &format!(

@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracer_common::{close, flag, Event, AF_INET6};
+use tracer_common::{close, event_kind, flag, Event, AF_INET6};
 
 use crate::model::{close_kind_name, comm_str, dir_name, endpoint, ip_from_raw, state_name};
 
@@ -167,6 +167,90 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
     })
 }
 
+/// A listener-side event (`Event::kind` other than a transition): a line of
+/// its own in events mode. Field names are the JSON schema.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerEvent {
+    pub time: String,
+    /// What happened: `listener_event_name` of the kind.
+    pub event: &'static str,
+    /// The listener's owner (the process that called listen()), when known.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub family: &'static str,
+    /// The listener's address and port.
+    pub local: String,
+    /// The client's.
+    pub remote: String,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub netns: u32,
+}
+
+/// The name of a listener-side event kind; None for a transition (or a
+/// kind this build does not know).
+pub fn listener_event_name(kind: u8) -> Option<&'static str> {
+    match kind {
+        event_kind::SYNACK_RETRANSMIT => Some("synack_retransmit"),
+        _ => None,
+    }
+}
+
+impl ListenerEvent {
+    /// None for a transition.
+    pub fn from_event(e: &Event, clock: &Clock) -> Option<Self> {
+        let known = e.flags & flag::OWNER_KNOWN != 0;
+        Some(ListenerEvent {
+            time: rfc3339_micros(clock.wall(e.ts_ns)),
+            event: listener_event_name(e.kind)?,
+            pid: known.then_some(e.tgid),
+            comm: known.then(|| comm_str(&e.comm)),
+            family: if e.family == AF_INET6 { "ipv6" } else { "ipv4" },
+            local: endpoint(ip_from_raw(e.family, &e.saddr), e.sport),
+            remote: endpoint(ip_from_raw(e.family, &e.daddr), e.dport),
+            cgroup_id: e.cgroup_id,
+            cgroup: None,
+            netns: e.netns,
+        })
+    }
+
+    /// One text line, in the transitions' columns: the event's name where
+    /// a transition has its states.
+    pub fn text_line(&self, full_time: bool) -> String {
+        let time = if full_time {
+            &self.time
+        } else {
+            self.time.get(11..26).unwrap_or(&self.time)
+        };
+        let note = match self.event {
+            "synack_retransmit" => "listener resent its SYN-ACK (final ACK not arrived)",
+            _ => "",
+        };
+        format!(
+            "{:<w$} {:>7} {:<15} {:<46} {:<46} {:<25} {:>11}  {}",
+            time,
+            self.pid.map_or("-".to_string(), |p| p.to_string()),
+            self.comm.as_deref().unwrap_or("-"),
+            self.local,
+            self.remote,
+            self.event.to_uppercase(),
+            "-",
+            note,
+            w = if full_time { 27 } else { 15 }
+        )
+    }
+
+    /// As text or as a JSON line.
+    pub fn write(&self, out: &mut impl Write, json: bool, full_time: bool) -> io::Result<()> {
+        if json {
+            serde_json::to_writer(&mut *out, self)?;
+            out.write_all(b"\n")
+        } else {
+            writeln!(out, "{}", self.text_line(full_time))
+        }
+    }
+}
+
 /// Is this the → CLOSE of a connection that had been established?
 fn closed_established(e: &Event) -> bool {
     use tracer_common::state::*;
@@ -306,7 +390,8 @@ mod tests {
             netns: 4026531840,
             dir: dir::ACTIVE,
             flags: flag::OWNER_KNOWN | flag::DURATION_KNOWN | flag::RETRANS | flag::HANDSHAKE_KNOWN,
-            _pad: [0; 7],
+            kind: 0,
+            _pad: [0; 6],
         };
         e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
@@ -336,6 +421,39 @@ mod tests {
                 assert_eq!(rfc3339_micros(t), want);
             }
         }
+    }
+
+    #[test]
+    fn listener_events_are_lines_of_their_own() {
+        let mut e = event();
+        let clock = Clock::fixed(0, epoch(1_700_000_000));
+        assert_eq!(ListenerEvent::from_event(&e, &clock), None, "a transition");
+        e.kind = event_kind::SYNACK_RETRANSMIT;
+        (e.oldstate, e.newstate) = (0, 0);
+        let l = ListenerEvent::from_event(&e, &clock).expect("listener event");
+        assert_eq!(
+            (l.event, l.local.as_str(), l.remote.as_str(), l.pid),
+            (
+                "synack_retransmit",
+                "127.0.0.1:40000",
+                "10.0.0.2:80",
+                Some(4242)
+            )
+        );
+        let line = l.text_line(false);
+        assert!(line.contains("SYNACK_RETRANSMIT"), "{line}");
+        assert_eq!(
+            line.find("listener resent"),
+            text_header().find("NOTE"),
+            "the note in the NOTE column: {line}"
+        );
+        let mut json = Vec::new();
+        l.write(&mut json, true, false).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["event"], "synack_retransmit");
+        assert_eq!(v["netns"], 4026531840u32);
+        e.kind = 200;
+        assert_eq!(ListenerEvent::from_event(&e, &clock), None, "unknown kind");
     }
 
     #[test]

@@ -630,6 +630,30 @@ fn encode_listeners(
             .map(|r| (key(r), r.drops))
             .collect::<Vec<_>>(),
     )?;
+    counter1(
+        enc,
+        "synack_retransmits",
+        "SYN-ACKs retransmitted on every listener while the tracer ran, under the filters (listeners closed since included)",
+        l.synack_retransmits_total,
+    )?;
+    counter_family(
+        enc,
+        "listener_synack_retransmits",
+        "SYN-ACKs retransmitted on a listening port while the tracer ran (tcp:tcp_retransmit_synack; per port and namespace, shown on each address of the port)",
+        &l.listeners
+            .iter()
+            .map(|r| (key(r), r.synack_retransmits))
+            .collect::<Vec<_>>(),
+    )?;
+    counter_family(
+        enc,
+        "listener_accepts",
+        "Handshakes completed into a listening port's accept queue while the tracer ran (SYN_RECV -> ESTABLISHED; not accept() calls)",
+        &l.listeners
+            .iter()
+            .map(|r| (key(r), r.accepts))
+            .collect::<Vec<_>>(),
+    )?;
     gauge_family(
         enc,
         "connects_in_flight",
@@ -1227,6 +1251,8 @@ mod tests {
             accept_queue: 2,
             accept_queue_limit: 1,
             drops: 16,
+            synack_retransmits: 3,
+            accepts: 2,
             ..Default::default()
         });
         ctx.listen
@@ -1274,6 +1300,8 @@ mod tests {
             "tcp_tracer_listener_accept_queue{netns=\"5\",local=\"127.0.0.1:7001\"} 2.0",
             "tcp_tracer_listener_accept_queue_limit{netns=\"5\",local=\"127.0.0.1:7001\"} 1.0",
             "tcp_tracer_listener_drops_total{netns=\"5\",local=\"127.0.0.1:7001\"} 16",
+            "tcp_tracer_listener_synack_retransmits_total{netns=\"5\",local=\"127.0.0.1:7001\"} 3",
+            "tcp_tracer_listener_accepts_total{netns=\"5\",local=\"127.0.0.1:7001\"} 2",
             "tcp_tracer_connects_in_flight{netns=\"5\",destination=\"127.0.0.1:7001\"} 4.0",
         ] {
             assert!(text.lines().any(|l| l == want), "{want} not in {text}");
@@ -1353,7 +1381,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert_eq!(checked, 20 + 13);
+        assert_eq!(checked, 20 + 14);
     }
 
     /// Host-wide totals: (JSON pointer, /metrics sample, the text report's

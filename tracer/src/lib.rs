@@ -182,7 +182,12 @@ impl Tracer {
             population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
         let now_ns = monotonic_ns();
         let storage = self.probe.socket_storage_fd().ok();
-        let listen = listeners::read(&found, &self.filter, storage, now_ns);
+        let mut listen = listeners::read(&found, &self.filter, storage, now_ns);
+        listeners::add_kernel_stats(
+            &mut listen,
+            &snap.listener_stats,
+            snap.counter(tracer_common::counter::SYNACK_RETRANSMITS),
+        );
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
             &found,

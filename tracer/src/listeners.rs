@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tracer_common::state;
+use tracer_common::{state, ListenerKey, ListenerStats};
 
 use crate::{
     diag::{self, DiagDetail},
@@ -67,8 +67,18 @@ pub struct ListenerRow {
     /// SYNs and final ACKs dropped on this listener since listen()
     /// (`sk_drops`; the host-wide ListenDrops counts the same events).
     pub drops: u64,
+    /// SYN-ACKs retransmitted on this listening port while the tracer ran
+    /// (`tcp:tcp_retransmit_synack`; the namespace's TcpExtTCPSynRetrans
+    /// counts them with the SYN retransmits of its connects).
+    pub synack_retransmits: u64,
+    /// Handshakes completed into the accept queue on this port while the
+    /// tracer ran (its children's SYN_RECV → ESTABLISHED; not the
+    /// application's accept() calls, which no tracepoint shows).
+    pub accepts: u64,
     #[serde(skip)]
     pub inode: u32,
+    #[serde(skip)]
+    pub port: u16,
 }
 
 impl ListenerRow {
@@ -108,6 +118,9 @@ pub struct Listeners {
     pub connects_in_flight: Vec<InFlightRow>,
     /// Per namespace read.
     pub listen_sysctls: BTreeMap<u32, ListenSysctls>,
+    /// SYN-ACK retransmits on every listener while the tracer ran (those of
+    /// listeners closed since included), under the filters.
+    pub synack_retransmits_total: u64,
 }
 
 impl Listeners {
@@ -166,6 +179,7 @@ pub fn add_namespace(
                 accept_queue_limit: d.send_queue,
                 drops: d.drops.into(),
                 inode: s.inode,
+                port: s.sport,
                 ..Default::default()
             }),
             state::SYN_SENT if f.matches_socket(s) => {
@@ -206,6 +220,28 @@ fn listener_matches(f: &FilterSpec, d: &DiagDetail) -> bool {
         && f.rport.is_none()
         && f.family
             .is_none_or(|fam| (fam == crate::filter::Family::Ipv6) == v6)
+}
+
+/// Add the kernel side's per-port figures (`LISTENER_STATS`, summed over
+/// CPUs) to the rows: every row of a port in its namespace (one per
+/// address it listens on) shows that port's figures.
+pub fn add_kernel_stats(
+    out: &mut Listeners,
+    stats: &BTreeMap<ListenerKey, ListenerStats>,
+    synack_total: u64,
+) {
+    out.synack_retransmits_total = synack_total;
+    for r in &mut out.listeners {
+        let key = ListenerKey {
+            netns: r.netns,
+            port: r.port,
+            _pad: 0,
+        };
+        if let Some(s) = stats.get(&key) {
+            r.synack_retransmits = s.synack_retransmits;
+            r.accepts = s.accepts;
+        }
+    }
 }
 
 /// The sock_diag states read.
@@ -296,7 +332,7 @@ fn sort(out: &mut Listeners) {
 /// The report's Listeners and Connects-in-flight sections.
 pub fn render(o: &mut String, l: &Listeners) {
     use std::fmt::Write as _;
-    let _ = writeln!(o, "\nListeners (sock_diag now)");
+    let _ = writeln!(o, "\nListeners (queues and drops: sock_diag now; SYN-ACK retransmits, accepts: during the run)");
     if l.listeners.is_empty() {
         let _ = writeln!(o, "  none");
     }
@@ -307,10 +343,22 @@ pub fn render(o: &mut String, l: &Listeners) {
         };
         let _ = writeln!(
             o,
-            "  {:<28} {:<20} accept queue {:>5} of {:<5} drops {:>6}  netns {}",
-            r.local, owner, r.accept_queue, r.accept_queue_limit, r.drops, r.netns
+            "  {:<28} {:<20} accept queue {:>5} of {:<5} drops {:>6}  synack retransmits {:>6}  accepts {:>6}  netns {}",
+            r.local,
+            owner,
+            r.accept_queue,
+            r.accept_queue_limit,
+            r.drops,
+            r.synack_retransmits,
+            r.accepts,
+            r.netns
         );
     }
+    let _ = writeln!(
+        o,
+        "  SYN-ACK retransmits on every listener during the run: {}",
+        l.synack_retransmits_total
+    );
     for w in l.warnings() {
         let _ = writeln!(o, "  {w}");
     }
@@ -407,6 +455,58 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert!(w[0].starts_with("WARNING: listener 10.0.0.1:80 (?) accept queue 2 of 1, 16"));
         assert!(w[0].contains("somaxconn ?"));
+    }
+
+    #[test]
+    fn kernel_figures_go_to_every_row_of_their_port_and_namespace() {
+        let mut l = Listeners::default();
+        let socks = [
+            sock(state::LISTEN, 80, 0, 0, (0, 1, 0)),
+            sock(state::LISTEN, 81, 0, 0, (0, 1, 0)),
+        ];
+        add_namespace(&mut l, 7, &socks, &Ages::new(), &FilterSpec::default());
+        add_namespace(&mut l, 8, &socks[..1], &Ages::new(), &FilterSpec::default());
+        let key = |netns, port| ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        let stats = BTreeMap::from([
+            (
+                key(7, 80),
+                ListenerStats {
+                    synack_retransmits: 3,
+                    accepts: 5,
+                },
+            ),
+            (
+                key(9, 80),
+                ListenerStats {
+                    synack_retransmits: 1,
+                    accepts: 1,
+                },
+            ),
+        ]);
+        add_kernel_stats(&mut l, &stats, 4);
+        let fig = |netns, port| {
+            let r = l
+                .listeners
+                .iter()
+                .find(|r| r.netns == netns && r.port == port)
+                .unwrap();
+            (r.synack_retransmits, r.accepts)
+        };
+        assert_eq!(
+            (fig(7, 80), fig(7, 81), fig(8, 80)),
+            ((3, 5), (0, 0), (0, 0))
+        );
+        assert_eq!(l.synack_retransmits_total, 4, "closed listeners' too");
+        let mut text = String::new();
+        render(&mut text, &l);
+        assert!(
+            text.contains("synack retransmits      3  accepts      5  netns 7"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
-use tracer_common::{close, counter, dir, hist, state, FlowKey, FlowStats, AF_INET6};
+use tracer_common::{
+    close, counter, dir, hist, state, FlowKey, FlowStats, ListenerKey, ListenerStats, AF_INET6,
+};
 
 /// Kernel TCP state names, as `ss` and the kernel print them.
 pub fn state_name(s: u8) -> &'static str {
@@ -201,6 +203,8 @@ pub struct Snapshot {
     pub flow_errors: std::collections::BTreeMap<FlowKey, u64>,
     /// How exact `flows` is, and what the harvests cost.
     pub breakdown: Breakdown,
+    /// SYN-ACK retransmits and completed handshakes per listening port.
+    pub listener_stats: std::collections::BTreeMap<ListenerKey, ListenerStats>,
 }
 
 /// The per-flow breakdown's bounds (see `heavy`): `flows` holds at most
@@ -238,6 +242,7 @@ impl Snapshot {
             recursion_misses: 0,
             flow_errors: Default::default(),
             breakdown: Breakdown::default(),
+            listener_stats: Default::default(),
         }
     }
 

@@ -8,7 +8,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    hist::Hist, hist_kind, Filter, FlowKey, FlowStats, ListenerKey, Owner, Stats, TwSlot, TW_SLOTS,
+    hist::Hist, hist_kind, Filter, FlowKey, FlowStats, ListenerKey, ListenerStats, Owner, Stats,
+    TwSlot, TW_SLOTS,
 };
 
 use crate::{
@@ -24,6 +25,8 @@ pub static OBJECT_BYTES: &[u8] = OBJECT;
 
 /// Name of the program (and of its kernel tracepoint).
 pub const PROGRAM: &str = "inet_sock_set_state";
+/// The listener-side program, on `tcp:tcp_retransmit_synack` (its name too).
+pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
 /// The empty program on the same tracepoint (benchmark floor).
 pub const NOOP_PROGRAM: &str = "noop";
 
@@ -285,6 +288,12 @@ impl Probe {
             .try_into()?;
         prog.load(PROGRAM, &btf).map_err(rejected)?;
         prog.attach()?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(SYNACK_PROGRAM)
+            .ok_or(ProbeError::MissingMap(SYNACK_PROGRAM))?
+            .try_into()?;
+        prog.load(SYNACK_PROGRAM, &btf).map_err(rejected)?;
+        prog.attach()?;
         drop(btf);
         release_freed_memory();
         let harvest = Arc::new(Mutex::new(harvester(&mut ebpf, opts.flow_entries)?));
@@ -315,6 +324,11 @@ impl Probe {
     /// Run statistics of the attached program.
     pub fn run_stats(&self) -> Result<RunStats, ProbeError> {
         program_stats(&self.ebpf, PROGRAM)
+    }
+
+    /// Run statistics of the listener-side program (`SYNACK_PROGRAM`).
+    pub fn synack_run_stats(&self) -> Result<RunStats, ProbeError> {
+        program_stats(&self.ebpf, SYNACK_PROGRAM)
     }
 
     /// The event ring buffer (only fills when `emit_events` was set).
@@ -421,6 +435,16 @@ impl Probe {
             }
         }
         snap.time_wait_by_second = by_sec.into_iter().collect();
+        let ls: PerCpuHashMap<_, ListenerKey, ListenerStats> =
+            PerCpuHashMap::try_from(map("LISTENER_STATS")?).map_err(err("LISTENER_STATS"))?;
+        for row in ls.iter() {
+            let (key, per_cpu) = row.map_err(err("LISTENER_STATS"))?;
+            let sum = snap.listener_stats.entry(key).or_default();
+            for s in per_cpu.iter() {
+                sum.synack_retransmits += s.synack_retransmits;
+                sum.accepts += s.accepts;
+            }
+        }
         snap.recursion_misses = self.run_stats()?.recursion_misses;
         Ok(snap)
     }

@@ -380,7 +380,7 @@ impl RecFlow {
 
 /// Counter slots no counter uses.
 #[cfg(test)]
-const UNUSED_COUNTERS: &[u32] = &[20, 21, 22, 23];
+const UNUSED_COUNTERS: &[u32] = &[22, 23];
 
 /// The stable name of `COUNTERS` slot `i` (what recordings store).
 pub fn counter_name(i: u32) -> Option<String> {
@@ -405,6 +405,10 @@ pub fn counter_name(i: u32) -> Option<String> {
         counter::TCP_SOCK_UNAVAILABLE => "tcp_sock_unavailable",
         counter::LISTENER_TABLE_FULL => "listener_table_full",
         counter::PASSIVE_RTT_UNKNOWN => "passive_rtt_unknown",
+        counter::SYNACK_RETRANSMITS => "synack_retransmits",
+        counter::LISTENER_STATS_FULL => "listener_stats_full",
+        counter::SYNACK_FILTERED_OUT => "synack_filtered_out",
+        counter::SYNACK_LISTENER_STATS_FULL => "synack_listener_stats_full",
         i if (counter::CLOSE_BASE..counter::TIME_WAIT_BY_DIR).contains(&i) => {
             let k = (i - counter::CLOSE_BASE) as u8;
             let name = if k == close::NONE {
@@ -414,7 +418,7 @@ pub fn counter_name(i: u32) -> Option<String> {
             };
             return Some(format!("close.{name}"));
         }
-        i if (counter::TIME_WAIT_BY_DIR..counter::COUNT).contains(&i) => {
+        i if (counter::TIME_WAIT_BY_DIR..counter::TIME_WAIT_BY_DIR_END).contains(&i) => {
             let d = (i - counter::TIME_WAIT_BY_DIR) as u8;
             return Some(format!("time_wait_by_side.{}", dir_name(d)));
         }

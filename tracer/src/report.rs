@@ -362,6 +362,8 @@ pub struct Health {
     pub listener_table_full: u64,
     /// Passive handshakes without an RTT sample (not counted as 0 µs).
     pub passive_rtt_unknown: u64,
+    /// Per-listener figures the listener stats table had no room for.
+    pub listener_stats_full: u64,
     /// Program runs the kernel skipped (the program was already running on
     /// that CPU): transitions never seen.
     pub recursion_misses: u64,
@@ -370,7 +372,7 @@ pub struct Health {
 impl Health {
     /// Every figure with its metric name and meaning: the text report and
     /// the exporter both print this list.
-    pub fn entries(&self) -> [(&'static str, &'static str, u64); 13] {
+    pub fn entries(&self) -> [(&'static str, &'static str, u64); 14] {
         [
             (
                 "events",
@@ -399,7 +401,7 @@ impl Health {
             ),
             (
                 "filtered_out",
-                "Transitions the filters dropped",
+                "Transitions (and listener events) the filters dropped",
                 self.filtered_out,
             ),
             (
@@ -431,6 +433,11 @@ impl Health {
                 "passive_rtt_unknown",
                 "Passive handshakes without an RTT sample",
                 self.passive_rtt_unknown,
+            ),
+            (
+                "listener_stats_full",
+                "Per-listener figures (SYN-ACK retransmits, accepts) the listener stats table had no room for",
+                self.listener_stats_full,
             ),
             (
                 "recursion_misses",
@@ -1144,13 +1151,15 @@ impl Health {
             inflight_missing: c(counter::INFLIGHT_MISSING),
             inflight_insert_failed: c(counter::INFLIGHT_INSERT_FAILED),
             flow_table_full: c(counter::FLOW_TABLE_FULL),
-            filtered_out: c(counter::FILTERED_OUT),
+            filtered_out: c(counter::FILTERED_OUT) + c(counter::SYNACK_FILTERED_OUT),
             non_tcp_ignored: c(counter::NON_TCP),
             skipped: c(counter::SKIPPED_OTHER),
             skipped_no_offsets: c(counter::SKIPPED_NO_OFFSETS),
             tcp_sock_unavailable: c(counter::TCP_SOCK_UNAVAILABLE),
             listener_table_full: c(counter::LISTENER_TABLE_FULL),
             passive_rtt_unknown: c(counter::PASSIVE_RTT_UNKNOWN),
+            listener_stats_full: c(counter::LISTENER_STATS_FULL)
+                + c(counter::SYNACK_LISTENER_STATS_FULL),
             recursion_misses: snap.recursion_misses,
         }
     }

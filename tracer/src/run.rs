@@ -105,11 +105,6 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     drop_privileges(&tracer, privs::Mode::Events)?;
     let clock = Clock::now();
     let mut cgroups = crate::cgroup::Resolver::new();
-    let mut transition = |e: &tracer_common::Event| {
-        let mut t = Transition::from_event(e, &clock);
-        t.cgroup = cgroups.path(e.cgroup_id);
-        t
-    };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     eprintln!(
@@ -127,15 +122,12 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(e) => {
-                    let t = transition(&e);
-                    if args.json {
-                        event::write(&mut out, &t, true)?;
+                    if write_event(&mut out, &e, &clock, &mut cgroups, args, color)? {
+                        printed += 1;
                     } else {
-                        let line = event::text_line_with(&t, args.timestamps);
-                        let line = if color { event::paint(&t, &line) } else { line };
-                        writeln!(out, "{line}")?;
+                        bad += 1;
+                        log::warn!("event of unknown kind {}", e.kind);
                     }
-                    printed += 1;
                 }
                 Err(e) => {
                     bad += 1;
@@ -172,11 +164,42 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     }
     let snap = tracer.snapshot()?;
     eprintln!(
-        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions counted in the kernel",
+        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions and {} SYN-ACK retransmits counted in the kernel",
         snap.counter(counter::RINGBUF_DROPS),
-        snap.counter(counter::TRANSITIONS)
+        snap.counter(counter::TRANSITIONS),
+        snap.counter(counter::SYNACK_RETRANSMITS)
     );
     Ok(())
+}
+
+/// Print one event (a transition, or a listener-side line of its own);
+/// false for a kind this build does not know.
+fn write_event(
+    out: &mut impl Write,
+    e: &tracer_common::Event,
+    clock: &Clock,
+    cgroups: &mut crate::cgroup::Resolver,
+    args: &EventsArgs,
+    color: bool,
+) -> io::Result<bool> {
+    if e.kind != tracer_common::event_kind::TRANSITION {
+        let Some(mut l) = event::ListenerEvent::from_event(e, clock) else {
+            return Ok(false);
+        };
+        l.cgroup = cgroups.path(e.cgroup_id);
+        l.write(out, args.json, args.timestamps)?;
+        return Ok(true);
+    }
+    let mut t = Transition::from_event(e, clock);
+    t.cgroup = cgroups.path(e.cgroup_id);
+    if args.json {
+        event::write(out, &t, true)?;
+    } else {
+        let line = event::text_line_with(&t, args.timestamps);
+        let line = if color { event::paint(&t, &line) } else { line };
+        writeln!(out, "{line}")?;
+    }
+    Ok(true)
 }
 
 pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {

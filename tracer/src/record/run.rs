@@ -99,6 +99,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
         cgroups: crate::cgroup::Resolver::new(),
         events: 0,
         bad: 0,
+        listener_events: 0,
     };
     let rec = Recording {
         args,
@@ -121,6 +122,8 @@ struct EventSink {
     events: u64,
     /// Ring records that could not be decoded.
     bad: u64,
+    /// Listener-side events (SYN-ACK retransmits): counted, not recorded.
+    listener_events: u64,
 }
 
 impl EventSink {
@@ -131,6 +134,10 @@ impl EventSink {
     ) -> io::Result<()> {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
+                // Recordings keep transitions only (counted, not written).
+                Ok(e) if e.kind != tracer_common::event_kind::TRANSITION => {
+                    self.listener_events += 1;
+                }
                 Ok(e) => {
                     let mut t = Transition::from_event(&e, &self.clock);
                     t.cgroup = self.cgroups.path(e.cgroup_id);
@@ -225,11 +232,12 @@ impl Recording<'_> {
             );
         }
         eprintln!(
-            "{} events recorded ({} bytes), {} dropped by the kernel ring buffer (try a larger --ring-kib), {} undecodable; {} transitions counted in the kernel",
+            "{} events recorded ({} bytes), {} dropped by the kernel ring buffer (try a larger --ring-kib), {} undecodable, {} listener-side events (SYN-ACK retransmits) not recorded; {} transitions counted in the kernel",
             sink.events,
             size,
             end.events_dropped,
             sink.bad,
+            sink.listener_events,
             snap.counter(counter::TRANSITIONS)
         );
         Ok(())

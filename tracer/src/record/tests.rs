@@ -147,7 +147,8 @@ fn event(i: u64) -> Event {
             dir::PASSIVE
         },
         flags: flag::OWNER_KNOWN | flag::DURATION_KNOWN | flag::LIFETIME_KNOWN,
-        _pad: [0; 7],
+        kind: 0,
+        _pad: [0; 6],
         netns: 1,
     };
     e.saddr[..4].copy_from_slice(&[127, 78, (conn % 4) as u8, 2]);

@@ -555,7 +555,8 @@ mod tests {
             close_kind: tracer_common::close::NONE,
             dir: dir::ACTIVE,
             flags: flag::OWNER_KNOWN,
-            _pad: [0; 7],
+            kind: 0,
+            _pad: [0; 6],
             netns: 1,
         };
         e.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
