@@ -67,7 +67,7 @@ static TAKEN: Mutex<BTreeSet<u8>> = Mutex::new(BTreeSet::new());
 fn free_third_octet(a: u8, from: u8) -> u8 {
     let mut busy = BTreeSet::new();
     let all_states = (1u32 << 12) - 2;
-    let _ = tracer::diag::dump_each(all_states, |s| {
+    let _ = tracer::host::diag::dump_each(all_states, |s| {
         for ip in [s.src, s.dst] {
             if let IpAddr::V4(v4) = ip {
                 let o = v4.octets();
@@ -391,10 +391,10 @@ impl TestNetns {
         TestNetns { name }
     }
 
-    pub fn namespace(&self) -> tracer::netns::Namespace {
+    pub fn namespace(&self) -> tracer::host::netns::Namespace {
         let path = PathBuf::from("/run/netns").join(&self.name);
-        tracer::netns::Namespace {
-            inode: tracer::netns::inode_of(&path).expect("namespace inode"),
+        tracer::host::netns::Namespace {
+            inode: tracer::host::netns::inode_of(&path).expect("namespace inode"),
             mounts: vec![path],
             names: vec![self.name.clone()],
             ..Default::default()
@@ -403,7 +403,7 @@ impl TestNetns {
 
     /// `f` run inside the namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        tracer::netns::within(&self.namespace(), f).expect("entering the namespace")
+        tracer::host::netns::within(&self.namespace(), f).expect("entering the namespace")
     }
 }
 

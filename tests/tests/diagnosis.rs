@@ -282,7 +282,7 @@ fn close_wait_leaks_are_listed_with_owner_peer_and_age() {
 /// cgroup v2 hierarchy root (hybrid hosts mount it at /sys/fs/cgroup/unified).
 fn cgroup2_root() -> PathBuf {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    tracer::cgroup::cgroup2_mount_in(&mi).expect("a cgroup2 mount")
+    tracer::host::cgroup::cgroup2_mount_in(&mi).expect("a cgroup2 mount")
 }
 
 /// Removes the test's cgroup even if the test fails.

@@ -15,7 +15,7 @@ use integration_tests::{wait_for, TestNetns};
 use socket2::{Domain, Socket, Type};
 use tracer::{
     filter::FilterSpec,
-    listeners::{InFlightRow, ListenerRow},
+    host::listeners::{InFlightRow, ListenerRow},
     report::Summary,
     Tracer,
 };
@@ -425,7 +425,7 @@ fn synack_retransmits_are_event_lines_with_the_filters() {
 /// The accept queue of the listener on `port`, from sock_diag in the
 /// calling thread's namespace.
 fn queue_len(port: u16) -> u32 {
-    tracer::diag::dump_detail(tracer::diag::states(&[tracer_common::state::LISTEN]))
+    tracer::host::diag::dump_detail(tracer::host::diag::states(&[tracer_common::state::LISTEN]))
         .unwrap()
         .iter()
         .find(|d| d.socket.sport == port)

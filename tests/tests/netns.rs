@@ -16,7 +16,7 @@ use std::{
 use integration_tests::{connect_from, tracer_bin, wait_for, KillOnDrop};
 use tracer::{
     filter::FilterSpec,
-    netns::{self, Namespace},
+    host::netns::{self, Namespace},
     report::{NamespaceRow, Summary},
     SummaryOptions, Tracer,
 };
@@ -814,7 +814,7 @@ impl Drop for Dirs {
 /// name that pod: the summary names the namespace `shop/web-0/app`.
 #[test]
 fn a_pods_namespace_is_named_after_its_pod_and_container() {
-    let cgroup2 = tracer::cgroup::Resolver::new()
+    let cgroup2 = tracer::host::cgroup::Resolver::new()
         .root()
         .map(PathBuf::from)
         .expect("a cgroup v2 mount");

@@ -15,8 +15,8 @@ use std::{
 use integration_tests::{connect_from, scrape, start_exporter, wait_for, KillOnDrop, TestNetns};
 use tracer::{
     filter::FilterSpec,
+    host::netns,
     model::{add_flow_stats, Snapshot},
-    netns,
     report::{peer_groups, Summary},
     Tracer,
 };

@@ -275,7 +275,7 @@ pub struct FilterArgs {
     /// Only this network namespace: its inode (as `ls -l /proc/PID/ns/net`
     /// shows it), a /run/netns name, or pid:PID for that process's namespace.
     #[arg(long, value_name = "INODE|NAME|pid:PID")]
-    pub netns: Option<crate::netns::Selector>,
+    pub netns: Option<crate::host::netns::Selector>,
 }
 
 impl FilterArgs {
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn netns_selectors_resolve() {
-        let own = crate::netns::own().unwrap();
+        let own = crate::host::netns::own().unwrap();
         for arg in [format!("pid:{}", std::process::id()), own.to_string()] {
             let c = Cli::try_parse_from(["tracer", "summary", "--netns", &arg]).unwrap();
             let Some(Command::Summary(s)) = c.command else {

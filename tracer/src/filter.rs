@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use tracer_common::{Filter, AF_INET, AF_INET6, TASK_COMM_LEN};
 
-use crate::diag::DiagSocket;
+use crate::host::diag::DiagSocket;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

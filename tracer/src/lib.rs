@@ -5,32 +5,18 @@
 //! probe to the sock_diag population so the binary and the integration tests
 //! produce reports through the same path.
 
-pub mod cgroup;
-pub mod check;
 pub mod cli;
-pub mod diag;
-pub mod diag_storage;
 pub mod event;
 pub mod export;
 pub mod filter;
-pub mod harvest;
-pub mod heavy;
-pub mod kube;
-pub mod listeners;
+pub mod host;
 pub mod manual;
 pub mod model;
-pub mod netns;
-pub mod offsets;
-pub mod population;
-pub mod privs;
 pub mod probe;
-pub mod procs;
 pub mod record;
 pub mod report;
 pub mod run;
-pub mod serve;
 pub mod top;
-pub mod webconfig;
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -38,8 +24,8 @@ use anyhow::Context as _;
 use tracer_common::{flag, state};
 
 use crate::{
-    diag::DiagSocket,
     filter::FilterSpec,
+    host::{cgroup, diag, diag::DiagSocket, diag_storage, listeners, netns, population, procs},
     model::Snapshot,
     probe::{Probe, ProbeOptions},
     report::{CloseWaitLeak, Summary},

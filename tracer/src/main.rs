@@ -37,7 +37,7 @@ fn trace(command: Command) -> anyhow::Result<()> {
         match command {
             Command::Events(a) => tracer::run::events(&a).await,
             Command::Summary(a) => tracer::run::summary(&a).await,
-            Command::Serve(a) => tracer::serve::serve(&a).await,
+            Command::Serve(a) => tracer::export::serve::serve(&a).await,
             Command::Check(a) => tracer::run::check(&a),
             Command::Top(a) => tracer::top::run(&a).await,
             Command::Record(a) => tracer::record::run::record(&a).await,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{close, counter, dir, hist_kind, state, FlowKey, FlowStats};
 
 use crate::{
-    diag::{DiagSocket, Population},
+    host::diag::{DiagSocket, Population},
     model::{
         comm_str, dir_name, endpoint, flow_netns, group_flows, ip_from_raw, state_name, GroupStats,
         Histogram, Snapshot,
@@ -480,7 +480,7 @@ pub struct Summary {
     /// Listening sockets, connects in flight and the sysctls bounding
     /// them (`listeners`, `connects_in_flight`, `listen_sysctls`).
     #[serde(flatten)]
-    pub listen: crate::listeners::Listeners,
+    pub listen: crate::host::listeners::Listeners,
     pub tracer: Health,
 }
 
@@ -493,7 +493,7 @@ pub struct NamespaceMeta {
     /// A process inside it.
     pub pid: Option<u32>,
     /// What that process's cgroup says (pod, container, unit).
-    pub workload: Option<crate::cgroup::Workload>,
+    pub workload: Option<crate::host::cgroup::Workload>,
     /// "own" (sock_diag, the tracer's namespace), "setns" (sock_diag
     /// inside it), "proc" (/proc/PID/net/tcp{,6}).
     pub read_via: &'static str,
@@ -583,7 +583,7 @@ pub struct Context<'a> {
     pub namespaces: &'a [NamespaceMeta],
     pub coverage: Coverage,
     /// Listeners and connects in flight, read at report time.
-    pub listen: crate::listeners::Listeners,
+    pub listen: crate::host::listeners::Listeners,
 }
 
 impl<'a> Context<'a> {
@@ -1617,7 +1617,7 @@ pub fn render_text(s: &Summary) -> String {
     render_outcomes(&mut o, s);
     render_time_wait(&mut o, s);
     render_ports(&mut o, s);
-    crate::listeners::render(&mut o, &s.listen);
+    crate::host::listeners::render(&mut o, &s.listen);
     render_close_wait(&mut o, &s.close_wait);
     render_lifetime(&mut o, &s.connection_lifetime);
     render_namespaces(&mut o, s);
@@ -2177,7 +2177,7 @@ mod tests {
             netns: 2,
             names: vec!["blue".into()],
             pid: Some(42),
-            workload: Some(crate::cgroup::workload("/system.slice/blue.service")),
+            workload: Some(crate::host::cgroup::workload("/system.slice/blue.service")),
             read_via: "setns",
         }];
         let mut c = ctx(&t);

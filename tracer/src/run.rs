@@ -14,7 +14,8 @@ use tracer_common::counter;
 use crate::{
     cli::{EventsArgs, SummaryArgs},
     event::{self, Clock, Transition},
-    privs, report, Tracer,
+    host::privs,
+    report, Tracer,
 };
 
 /// SIGINT, SIGTERM and SIGHUP, listened for from the start of a run: one
@@ -104,7 +105,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let (mut signals, tracer, mut fd) = start_streaming(&args.filter, args.ring_kib)?;
     drop_privileges(&tracer, privs::Mode::Events)?;
     let clock = Clock::now();
-    let mut cgroups = crate::cgroup::Resolver::new();
+    let mut cgroups = crate::host::cgroup::Resolver::new();
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     eprintln!(
@@ -178,7 +179,7 @@ fn write_event(
     out: &mut impl Write,
     e: &tracer_common::Event,
     clock: &Clock,
-    cgroups: &mut crate::cgroup::Resolver,
+    cgroups: &mut crate::host::cgroup::Resolver,
     args: &EventsArgs,
     color: bool,
 ) -> io::Result<bool> {
@@ -240,11 +241,11 @@ pub async fn summary(args: &SummaryArgs) -> anyhow::Result<()> {
 /// `tracer check`: exit 1 when any mode does not load.
 pub fn check(args: &crate::cli::CheckArgs) -> anyhow::Result<()> {
     crate::probe::check_privileges()?;
-    let c = crate::check::run()?;
+    let c = crate::probe::check::run()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {
-        print!("{}", crate::check::render(&c));
+        print!("{}", crate::probe::check::render(&c));
     }
     if c.modes.iter().any(|m| !m.loaded) {
         anyhow::bail!("the kernel side does not load on Linux {}", c.kernel);

@@ -88,7 +88,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
         close_wait_threshold: args.close_wait_age,
         ..SummaryOptions::default()
     };
-    crate::run::drop_privileges(&tracer, crate::privs::Mode::Summary)?;
+    crate::run::drop_privileges(&tracer, crate::host::privs::Mode::Summary)?;
     eprintln!(
         "Recording TCP state transitions ({}) to {}. Ctrl-C to stop.",
         tracer.filter().describe(),
@@ -96,7 +96,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     );
     let mut sink = EventSink {
         clock: Clock::now(),
-        cgroups: crate::cgroup::Resolver::new(),
+        cgroups: crate::host::cgroup::Resolver::new(),
         events: 0,
         bad: 0,
         listener_events: 0,
@@ -117,7 +117,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
 /// Writes the ring's events to the recording and counts them.
 struct EventSink {
     clock: Clock,
-    cgroups: crate::cgroup::Resolver,
+    cgroups: crate::host::cgroup::Resolver,
     /// Event records written.
     events: u64,
     /// Ring records that could not be decoded.

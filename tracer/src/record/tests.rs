@@ -5,8 +5,8 @@ use tracer_common::{close, dir, flag, state, Event};
 
 use super::*;
 use crate::{
-    diag::DiagSocket,
     event::{epoch, Clock},
+    host::diag::DiagSocket,
     model::Replay,
 };
 

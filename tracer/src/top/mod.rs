@@ -93,7 +93,7 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
         );
     }
     let (mut signals, tracer, mut fd) = crate::run::start_streaming(&args.filter, args.ring_kib)?;
-    crate::run::drop_privileges(&tracer, crate::privs::Mode::Serve)?;
+    crate::run::drop_privileges(&tracer, crate::host::privs::Mode::Serve)?;
     let view = View {
         color: tty && args.color.enabled() || args.color == crate::cli::ColorChoice::Always,
         describe: tracer.filter().describe(),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use tracer_common::{dir, flag, hist, state, Event, FlowKey, FlowStats};
 
 use crate::{
-    diag::Population,
+    host::diag::Population,
     model::{
         comm_str, endpoint, flow_netns, group_flows, ip_from_raw, GroupStats, Histogram, Snapshot,
     },
@@ -508,7 +508,7 @@ fn push(h: &mut VecDeque<u64>, v: u64, window: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diag::DiagSocket, model::Replay, report::SocketTally};
+    use crate::{host::diag::DiagSocket, model::Replay, report::SocketTally};
 
     fn inputs(snap: &Snapshot, tw_socks: u16) -> ReportInputs {
         let socks: Vec<DiagSocket> = (0..tw_socks)

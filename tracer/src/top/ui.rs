@@ -352,7 +352,7 @@ pub fn render_text(m: &Model, v: &View, width: u16, height: u16) -> String {
 mod tests {
     use super::*;
     use crate::{
-        diag::DiagSocket,
+        host::diag::DiagSocket,
         model::{Replay, Snapshot},
         report::SocketTally,
         ReportInputs,

@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::diag::DiagSocket;
+use crate::host::diag::DiagSocket;
 
 /// Where nsfs bind mounts of `ip netns` live.
 pub const RUN_NETNS: &[&str] = &["/run/netns", "/var/run/netns"];
@@ -121,7 +121,7 @@ pub fn nsfs_mounts_in(mountinfo: &str) -> Vec<(PathBuf, u32)> {
             let mut f = pre.split_whitespace();
             let inode = parse_ns_link(f.nth(3)?)?;
             let mount = f.next()?;
-            Some((PathBuf::from(crate::cgroup::unescape(mount)), inode))
+            Some((PathBuf::from(crate::host::cgroup::unescape(mount)), inode))
         })
         .collect()
 }

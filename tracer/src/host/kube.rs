@@ -13,7 +13,7 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
-use crate::cgroup::Workload;
+use crate::host::cgroup::Workload;
 
 /// Where the kubelet keeps its log directories.
 pub const LOG_ROOT: &str = "/var/log";
@@ -105,7 +105,7 @@ fn container_log(file: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::workload;
+    use crate::host::cgroup::workload;
 
     const UID: &str = "5f0b9c2e-7d1a-4b8e-9f3c-2a6d8e4b1c07";
     const ID: &str = "8c1e4f2a9b7d6e5c3a1f0b9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c";

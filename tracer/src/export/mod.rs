@@ -15,6 +15,9 @@
 //! label equals the host-wide total, and a host with a million peers exports
 //! at most `top_peers + 1` series per per-peer metric.
 
+pub mod serve;
+pub mod webconfig;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Mutex,
@@ -29,7 +32,7 @@ use prometheus_client::{
 use tracer_common::{hist, hist_kind};
 
 use crate::{
-    diag::Population,
+    host::diag::Population,
     model::{flow_netns, group_of, state_name, GroupStats, Histogram, Snapshot},
     probe::RunStats,
     report::{Coverage, Summary},
@@ -600,13 +603,13 @@ fn encode_health(s: &Scrape, enc: &mut DescriptorEncoder) -> Result<(), std::fmt
 /// Every listening socket (bounded by the host's listeners, not by
 /// traffic) and connects in flight per destination.
 fn encode_listeners(
-    l: &crate::listeners::Listeners,
+    l: &crate::host::listeners::Listeners,
     enc: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let key = |r: &crate::listeners::ListenerRow| {
+    let key = |r: &crate::host::listeners::ListenerRow| {
         labels(&[("netns", &r.netns.to_string()), ("local", &r.local)])
     };
-    let each = |f: fn(&crate::listeners::ListenerRow) -> f64| -> Vec<(Labels, f64)> {
+    let each = |f: fn(&crate::host::listeners::ListenerRow) -> f64| -> Vec<(Labels, f64)> {
         l.listeners.iter().map(|r| (key(r), f(r))).collect()
     };
     gauge_family(
@@ -1226,7 +1229,7 @@ mod tests {
     }
     #[test]
     fn namespace_series_are_top_n_plus_other() {
-        use crate::diag::DiagSocket;
+        use crate::host::diag::DiagSocket;
         let snap = Snapshot::empty();
         let mut tally = crate::report::SocketTally::new(&snap, crate::DEFAULT_PORT_RANGE);
         // Namespaces 1..=5 with 1..=5 TIME_WAIT sockets each.
@@ -1245,19 +1248,21 @@ mod tests {
         let mut ctx = crate::report::Context::defaults(&tally);
         ctx.top = 2;
         // And one full listener with drops, one connect in flight.
-        ctx.listen.listeners.push(crate::listeners::ListenerRow {
-            netns: 5,
-            local: "127.0.0.1:7001".into(),
-            accept_queue: 2,
-            accept_queue_limit: 1,
-            drops: 16,
-            synack_retransmits: 3,
-            accepts: 2,
-            ..Default::default()
-        });
+        ctx.listen
+            .listeners
+            .push(crate::host::listeners::ListenerRow {
+                netns: 5,
+                local: "127.0.0.1:7001".into(),
+                accept_queue: 2,
+                accept_queue_limit: 1,
+                drops: 16,
+                synack_retransmits: 3,
+                accepts: 2,
+                ..Default::default()
+            });
         ctx.listen
             .connects_in_flight
-            .push(crate::listeners::InFlightRow {
+            .push(crate::host::listeners::InFlightRow {
                 netns: 5,
                 peer: "127.0.0.1:7001".into(),
                 connects: 4,

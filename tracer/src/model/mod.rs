@@ -1,6 +1,8 @@
 //! Plain data read from the kernel maps, and the arithmetic on it. No I/O,
 //! no root: unit tests drive everything here.
 
+pub mod heavy;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;

@@ -13,7 +13,7 @@ use std::{collections::HashMap, os::fd::AsRawFd as _};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use tracer_common::{SockState, AF_INET, AF_INET6, IPPROTO_TCP};
 
-use crate::diag::DiagError;
+use crate::host::diag::DiagError;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;

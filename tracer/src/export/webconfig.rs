@@ -585,7 +585,7 @@ mod tests {
     /// the password it names.
     #[test]
     fn the_readmes_example_file_parses() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme.find("# /etc/tcp-tracer/web.yml\n").expect("example");
         let text = &readme[start..start + readme[start..].find("```").unwrap()];
         let p = parse(text, Path::new("/etc/tcp-tracer")).unwrap();

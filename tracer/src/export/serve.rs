@@ -30,10 +30,10 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 use crate::{
     cli::ServeArgs,
+    export::webconfig::{self, Auth, WebConfig},
     export::{self, LiveCollector, Scrape, Slots},
-    privs,
+    host::privs,
     run::{drop_privileges, StopSignals},
-    webconfig::{self, Auth, WebConfig},
     SummaryOptions, Tracer,
 };
 

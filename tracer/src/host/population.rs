@@ -5,11 +5,12 @@
 //! the coverage, never skipped silently.
 
 use crate::{
-    cgroup, diag,
-    diag::DiagSocket,
     filter::FilterSpec,
-    kube,
-    netns::{self, EnterError, Namespace},
+    host::cgroup,
+    host::diag,
+    host::diag::DiagSocket,
+    host::kube,
+    host::netns::{self, EnterError, Namespace},
     report::{Coverage, NamespaceMeta, SocketTally, Sysctls, Unreadable},
 };
 

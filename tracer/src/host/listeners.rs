@@ -18,10 +18,12 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{state, ListenerKey, ListenerStats};
 
 use crate::{
-    diag::{self, DiagDetail},
-    diag_storage,
     filter::FilterSpec,
-    model, netns, procs,
+    host::diag::{self, DiagDetail},
+    host::diag_storage,
+    host::netns,
+    host::procs,
+    model,
 };
 
 /// The sysctls that bound a listener's queues, per namespace.
@@ -393,7 +395,7 @@ fn age_text(r: &InFlightRow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::DiagSocket;
+    use crate::host::diag::DiagSocket;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn sock(state: u8, sport: u16, dport: u16, retrans: u8, q: (u32, u32, u32)) -> DiagDetail {

@@ -26,7 +26,7 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap};
 use tracer_common::{FlowKey, FlowStats};
 
 use crate::{
-    heavy::{SpaceSaving, Tally},
+    model::heavy::{SpaceSaving, Tally},
     model::{add_flow_stats, flow_volume, sum_flow_stats},
 };
 
@@ -178,7 +178,7 @@ impl HarvestThread {
                         Ok(ack) => {
                             // Started before the mode dropped its
                             // capabilities: keep no more than it does.
-                            crate::privs::follow_drop();
+                            crate::host::privs::follow_drop();
                             let _ = ack.send(());
                             continue;
                         }

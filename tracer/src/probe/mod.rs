@@ -1,5 +1,9 @@
 //! Loading, attaching and reading the eBPF side.
 
+pub mod check;
+pub mod harvest;
+pub mod offsets;
+
 use std::sync::{Arc, Mutex};
 
 use aya::{
@@ -12,11 +16,9 @@ use tracer_common::{
     TwSlot, TW_SLOTS,
 };
 
-use crate::{
-    harvest::{HarvestThread, Harvester},
-    model::{Breakdown, Histogram, Snapshot},
-    offsets::{self, OffsetError},
-};
+use crate::model::{Breakdown, Histogram, Snapshot};
+use harvest::{HarvestThread, Harvester};
+use offsets::OffsetError;
 
 /// The eBPF object built by build.rs (empty when bpf-linker was missing).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -161,7 +163,7 @@ fn rejected(e: aya::programs::ProgramError) -> ProbeError {
     };
     let log = verifier_log.to_string();
     let tail: Vec<&str> = log.lines().rev().take(6).collect();
-    let kernel = crate::check::kernel_release();
+    let kernel = crate::probe::check::kernel_release();
     let too_old = kernel_older_than(&kernel, (5, 12));
     ProbeError::Rejected {
         hint: if too_old {

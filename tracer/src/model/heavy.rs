@@ -426,7 +426,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_by_capacity_not_by_keys_seen() {
         use tracer_common::{FlowKey, FlowStats};
-        let rows = crate::harvest::LEDGER_ROWS;
+        let rows = crate::probe::harvest::LEDGER_ROWS;
         let before = counting::net();
         let mut t: SpaceSaving<FlowKey, FlowStats> = SpaceSaving::new(rows);
         let mut at = Vec::new();
