@@ -16,6 +16,10 @@
 //! (histograms, flows, events).
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take `impl Borrow<K>`: passing keys and zero values by reference keeps them where they are instead of copying them onto the 512-byte stack"
+)]
 
 mod filter;
 mod listener;

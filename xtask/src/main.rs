@@ -5,7 +5,8 @@
 //! - `build`: setup, then the release binary with the eBPF object embedded.
 //! - `run [-- ARGS]`: build, then run the tracer (as root).
 //! - `test`: build, unit tests, then the root integration tests one at a time.
-//! - `lint`: rustfmt check and clippy on the host crates.
+//! - `lint`: rustfmt check, and clippy on the host crates and (nightly, BPF
+//!   target) the kernel crate.
 //! - `guest [--binary PATH] [--kernel RELEASE] [--keep]`: boot Debian 12's
 //!   Linux 6.1 under qemu and run the tracer and a known workload in it
 //!   (tests/src/guest; the root test tests/tests/guest.rs does the same).
@@ -241,7 +242,14 @@ fn run(cli: Cli) -> Result<()> {
                 "--",
                 "-D",
                 "warnings",
-            ]))
+            ]))?;
+            // The kernel crate builds only for the BPF target, with nightly.
+            status(
+                Command::new("cargo")
+                    .current_dir(root.join("tracer-ebpf"))
+                    .args(["+nightly", "clippy", "--target", "bpfel-unknown-none"])
+                    .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"]),
+            )
         }
     }
 }
