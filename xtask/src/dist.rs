@@ -170,7 +170,8 @@ struct Built {
 /// the eBPF object again.
 fn build_static(root: &Path, arch: &Arch, object: Option<&Path>) -> Result<Built> {
     ensure_target(arch.triple)?;
-    ensure_clang()?;
+    // clang and llvm-ar compile ring's C for the musl targets.
+    super::ensure_tools(&[("clang", "clang"), ("llvm-ar", "llvm")])?;
     if object.is_some() {
         ensure_object_is_arch_independent(root)?;
     }
@@ -242,26 +243,6 @@ fn build_static(root: &Path, arch: &Arch, object: Option<&Path>) -> Result<Built
         binary: binary.context("cargo reported no tracer executable")?,
         object,
     })
-}
-
-/// clang and llvm-ar from Debian when missing (ring's C for the musl targets).
-fn ensure_clang() -> Result<()> {
-    let missing: Vec<&str> = [("clang", "clang"), ("llvm-ar", "llvm")]
-        .into_iter()
-        .filter(|(bin, _)| Command::new(bin).arg("--version").output().is_err())
-        .map(|(_, pkg)| pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {missing:?} (apt-get)");
-    status(Command::new("apt-get").arg("update"))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 /// `rustup target add` when the target's standard library is missing.

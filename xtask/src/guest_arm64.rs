@@ -40,7 +40,7 @@ fn work_dir(root: &Path) -> PathBuf {
 }
 
 pub fn run(root: &Path) -> Result<()> {
-    ensure_host_tools()?;
+    super::ensure_tools(&[("qemu-system-aarch64", "qemu-system-arm"), ("cpio", "cpio")])?;
     let dir = work_dir(root);
     let (kernel, modules) = kernel(&dir)?;
     let busybox = busybox(&dir)?;
@@ -58,25 +58,6 @@ pub fn run(root: &Path) -> Result<()> {
     let log = fs::read_to_string(&console)?;
     eprintln!("xtask: guest ran {:.0} s", started.elapsed().as_secs_f64());
     report(&log, &dist::git_commit(root), aarch64)
-}
-
-fn ensure_host_tools() -> Result<()> {
-    let missing: Vec<&str> = [("qemu-system-aarch64", "qemu-system-arm"), ("cpio", "cpio")]
-        .into_iter()
-        .filter(|(bin, _)| Command::new(bin).arg("--version").output().is_err())
-        .map(|(_, pkg)| pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {missing:?} (apt-get)");
-    status(Command::new("apt-get").arg("update"))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 /// apt-get/apt-cache with a private state for arm64 packages.

@@ -262,16 +262,23 @@ fn arches(names: &[String]) -> Result<Vec<&'static dist::Arch>> {
     names.iter().map(|n| dist::Arch::by_name(n)).collect()
 }
 
-/// bpftrace from Debian's packages, when missing.
-fn ensure_bpftrace() -> Result<()> {
-    if Command::new("bpftrace").arg("--version").output().is_ok() {
+/// Install from Debian's packages the `(binary, package)` pairs whose
+/// binary is missing (`binary --version` fails to run).
+pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| Command::new(bin).arg("--version").output().is_err())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing bpftrace (apt-get)");
+    eprintln!("xtask: installing {missing:?} (apt-get)");
     status(Command::new("apt-get").arg("update"))?;
     status(
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "bpftrace"])
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -293,7 +300,7 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
     status(cargo(root).args(["build", "--release", "--package", "bench", "--bins"]))?;
     let no_bpftrace = args.iter().any(|a| a == "--no-bpftrace");
     if !no_bpftrace {
-        ensure_bpftrace()?;
+        ensure_tools(&[("bpftrace", "bpftrace")])?;
         ensure_tracefs()?;
     }
     let release = root.join("target/release");
