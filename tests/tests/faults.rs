@@ -193,12 +193,20 @@ impl Run {
             .join("\n")
     }
 
-    /// Wait for exit (up to `timeout`): status code (None: killed/still running), when.
+    /// Wait for exit (up to `timeout`): status code (None: killed/still
+    /// running), when. After an exit it also waits (within `timeout`) for
+    /// the stderr reader to reach the pipe's end: on a busy machine the
+    /// reader thread can run after the process is gone, and the tracer's
+    /// last line (its accounting) would be missing from `stderr()`.
     fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Instant) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.0.try_wait().unwrap() {
-                return (st.code(), Instant::now());
+                let exited = Instant::now();
+                while !self.stderr_closed.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                return (st.code(), exited);
             }
             if Instant::now() > deadline {
                 return (None, Instant::now());
