@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn random_streams_keep_every_bound() {
         for seed in 1..20u64 {
-            let mut rng = Rng(seed * 0x9e37_79b9_7f4a_7c15);
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let keys = 10 + rng.below(2000);
             let stream: Vec<(u32, Two)> = (0..5000)
                 .map(|_| (rng.below(keys) as u32, one(rng.below(4))))
