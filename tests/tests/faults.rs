@@ -574,6 +574,9 @@ fn capabilities_after_attach_in_every_mode() {
                 assert!(body.contains("tcp_tracer_transitions_total"));
             }
             let sets = thread_caps(run.pid());
+            let threads = std::fs::read_dir(format!("/proc/{}/task", run.pid()))
+                .unwrap()
+                .count();
             let want = match mode {
                 "summary" => &expect_summary,
                 "serve" => &expect_serve,
@@ -605,7 +608,7 @@ fn capabilities_after_attach_in_every_mode() {
                 &format!("capabilities after attach, {mode}, as {who}"),
                 "dropped all it no longer needs",
                 &format!(
-                    "CapEff {before} at exec, {want} after attach on all {} threads",
+                    "CapEff {before} at exec, {want} after attach on all {threads} threads ({} distinct set)",
                     sets.len()
                 ),
             );
