@@ -1,7 +1,7 @@
 //! Faults, injected into the real binary: stop signals at random moments in
 //! every mode, SIGKILL, missing or garbage kernel BTF, stdout full or
-//! closed, the capabilities left after attach, a ring-buffer overflow storm
-//! and an ephemeral-port exhaustion storm. Each test prints its rows
+//! closed, the capabilities left after attach, ring-buffer, flow-table,
+//! in-flight and ephemeral-port exhaustion storms. Each test prints its rows
 //! of the fault table (`FAULT | fault | what the tracer did | figure`);
 //! `cargo xtask soak` collects them. `FAULT_TRIES` sets the tries per mode
 //! and signal (default 1; the soak runs 50).
@@ -193,12 +193,20 @@ impl Run {
             .join("\n")
     }
 
-    /// Wait for exit (up to `timeout`): status code (None: killed/still running), when.
+    /// Wait for exit (up to `timeout`): status code (None: killed/still
+    /// running), when. After an exit it also waits (within `timeout`) for
+    /// the stderr reader to reach the pipe's end: on a busy machine the
+    /// reader thread can run after the process is gone, and the tracer's
+    /// last line (its accounting) would be missing from `stderr()`.
     fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Instant) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.0.try_wait().unwrap() {
-                return (st.code(), Instant::now());
+                let exited = Instant::now();
+                while !self.stderr_closed.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                return (st.code(), exited);
             }
             if Instant::now() > deadline {
                 return (None, Instant::now());
@@ -500,6 +508,27 @@ fn thread_caps(pid: u32) -> BTreeSet<String> {
     out
 }
 
+/// CapEff of `pid` as soon as it runs the tracer (setpriv execs it in
+/// turn): the tracer parses the kernel BTF and loads its programs before it
+/// drops anything, far longer than this 1 ms poll.
+fn caps_at_exec(pid: u32) -> String {
+    let tracer = tracer_bin().canonicalize().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&tracer) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .unwrap()
+                .trim()
+                .to_string();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("{pid} never ran the tracer")
+}
+
 #[test]
 fn capabilities_after_attach_in_every_mode() {
     let net = Subnet::unique(54);
@@ -530,6 +559,7 @@ fn capabilities_after_attach_in_every_mode() {
                     *c = setpriv;
                 }
             });
+            let before = caps_at_exec(run.pid());
             run.line_at(ready_line(mode), Duration::from_secs(600))
                 .unwrap_or_else(|| panic!("{who} {mode}: {}", run.stderr()));
             if mode == "serve" {
@@ -544,6 +574,9 @@ fn capabilities_after_attach_in_every_mode() {
                 assert!(body.contains("tcp_tracer_transitions_total"));
             }
             let sets = thread_caps(run.pid());
+            let threads = std::fs::read_dir(format!("/proc/{}/task", run.pid()))
+                .unwrap()
+                .count();
             let want = match mode {
                 "summary" => &expect_summary,
                 "serve" => &expect_serve,
@@ -574,7 +607,10 @@ fn capabilities_after_attach_in_every_mode() {
             row(
                 &format!("capabilities after attach, {mode}, as {who}"),
                 "dropped all it no longer needs",
-                &format!("CapEff {want} on all {} threads", sets.len()),
+                &format!(
+                    "CapEff {before} at exec, {want} after attach on all {threads} threads ({} distinct set)",
+                    sets.len()
+                ),
             );
         }
     }
@@ -610,19 +646,18 @@ fn burst(net: &Subnet, n: u64) {
     }
 }
 
-/// Wait until every TCP socket of `server` (in `ns`, else here) is in
-/// TIME-WAIT or gone: on a loaded machine the burst's last ACKs may be
-/// processed by ksoftirqd after the syscalls returned, and the counts are
-/// read only once no transition is still to come.
-fn wait_settled(server: std::net::IpAddr, ns: Option<&bench::netns::NetNs>) {
-    let needle = format!("{server}:");
+/// Wait until every TCP socket with `needle` in its `ss` line (in `ns`,
+/// else here) is in TIME-WAIT or gone: on a loaded machine the burst's last
+/// ACKs may be processed by ksoftirqd after the syscalls returned, and the
+/// counts are read only once no transition is still to come.
+fn wait_settled(needle: &str, ns: Option<&bench::netns::NetNs>) {
     let busy = wait_for(Duration::from_secs(30), || {
         let mut cmd = ns.map_or_else(|| Command::new("ss"), |n| n.command("ss"));
         let out = cmd.args(["-Htan"]).output().expect("ss");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let busy: Vec<String> = text
             .lines()
-            .filter(|l| l.contains(&needle) && !l.starts_with("TIME-WAIT"))
+            .filter(|l| l.contains(needle) && !l.starts_with("TIME-WAIT"))
             .map(String::from)
             .collect();
         (busy.is_empty(), busy)
@@ -663,7 +698,7 @@ fn ring_buffer_overflow_storm_loses_nothing_uncounted() {
         reader.read_to_string(&mut s).unwrap();
         s.lines().count() as u64
     });
-    wait_settled(net.server(), None);
+    wait_settled(&format!("{}:", net.server()), None);
     for r in [&summary, &events] {
         signal(r.pid(), libc::SIGINT);
     }
@@ -753,7 +788,7 @@ fn ephemeral_port_exhaustion_storm_is_counted_by_reason() {
         STORM.to_string(),
         "the kernel's own EADDRNOTAVAIL count"
     );
-    wait_settled(server, Some(&ns));
+    wait_settled(&format!("{server}:"), Some(&ns));
     signal(run.pid(), libc::SIGINT);
     assert_eq!(
         run.wait_exit(Duration::from_secs(60)).0,
@@ -787,5 +822,174 @@ fn ephemeral_port_exhaustion_storm_is_counted_by_reason() {
         "ephemeral-port exhaustion storm (10 local ports in TIME_WAIT, tw_reuse 0)",
         "each EADDRNOTAVAIL connect counted as failed, reason no_local_port, and on its destination's row",
         &format!("{STORM} failed connects (the kernel's count): connects.no_local_port {STORM}, failed {STORM}, attempts {}, established {PORTS}; peer {dest} connect_no_local_port {STORM}", PORTS + STORM),
+    );
+}
+
+/// Until every thread of `pid` is stopped (SIGSTOP delivered to all).
+fn wait_stopped(pid: u32) {
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let s = all_stopped();
+            (s, s)
+        }),
+        "{pid} never stopped"
+    );
+}
+
+/// Sum of `field` over the `top_peers` rows plus `flow_breakdown.other`.
+fn rows_plus_other(s: &serde_json::Value, field: &str) -> u64 {
+    let rows: u64 = s["top_peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[field].as_u64().unwrap())
+        .sum();
+    rows + s["flow_breakdown"]["other"][field].as_u64().unwrap()
+}
+
+/// The kernel flow table (16 384 rows) overflowed for real: the tracer is
+/// stopped (SIGSTOP: its harvest cannot drain the table) while 9 000
+/// connections to distinct loopback peers make 18 000 (peer, side) rows.
+/// The connections with no row are counted (`flow_table_full`) and land in
+/// the `other` row, so rows + other equal the kernel's totals, every figure.
+#[test]
+fn flow_table_overflow_storm_is_counted_and_totals_stay_exact() {
+    const CONNS: u64 = 9000;
+    let ns =
+        bench::netns::NetNs::create(&format!("soak-flows-{}", std::process::id())).expect("netns");
+    let args = ["summary", "--json", "--netns", ns.name(), "--top", "100000"].map(String::from);
+    let mut run = Run::start(&args, |_| {});
+    let ready = run.line_at(ready_line("summary"), Duration::from_secs(600));
+    assert!(ready.is_some(), "{}", run.stderr());
+    signal(run.pid(), libc::SIGSTOP);
+    wait_stopped(run.pid());
+    // Client sends its FIN first (TIME_WAIT there), the server reads to EOF
+    // and closes (LAST_ACK): one connection at a time, never ahead of accept.
+    let script = format!(
+        "import socket\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('0.0.0.0',9300)); s.listen(64)\n\
+         for i in range({CONNS}):\n    \
+         ip='127.1.%d.%d'%(i//250,i%250+1)\n    \
+         c=socket.socket(); c.bind((ip,0)); c.connect((ip,9300)); a,_=s.accept()\n    \
+         c.shutdown(socket.SHUT_WR); assert a.recv(8)==b''; a.close()\n    \
+         assert c.recv(8)==b''; c.close()\n"
+    );
+    let out = ns
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_settled("127.1.", Some(&ns));
+    signal(run.pid(), libc::SIGCONT);
+    signal(run.pid(), libc::SIGINT);
+    let code = run.wait_exit(Duration::from_secs(120)).0;
+    assert_eq!(code, Some(0), "{}", run.stderr());
+    let s: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let (c, a) = (&s["connects"], &s["accepts"]);
+    assert_eq!(
+        (c["attempts"].as_u64(), c["established"].as_u64()),
+        (Some(CONNS), Some(CONNS))
+    );
+    assert_eq!(a["established"], CONNS, "{a}");
+    assert_eq!(s["time_wait"]["entered"], CONNS, "{}", s["time_wait"]);
+    // The first 16 384 (peer, side) rows fit; each later one found the
+    // table full twice: at ESTABLISHED and at CLOSE.
+    let no_room = 2 * CONNS - u64::from(tracer::probe::DEFAULT_FLOW_ENTRIES);
+    let full = s["tracer"]["flow_table_full"].as_u64().unwrap();
+    let other = &s["flow_breakdown"]["other"];
+    assert_eq!(full, 2 * no_room, "{}", s["flow_breakdown"]);
+    assert_eq!(other["established"], no_room, "{other}");
+    assert_eq!(rows_plus_other(&s, "established"), 2 * CONNS);
+    assert_eq!(rows_plus_other(&s, "time_wait_entries"), CONNS);
+    assert_eq!(rows_plus_other(&s, "connections_closed"), 2 * CONNS);
+    row(
+        "flow-table overflow storm (16 384 kernel rows, harvest stopped by SIGSTOP)",
+        "rows with no room counted as flow_table_full, their figures in the other row; run completes, exit 0",
+        &format!(
+            "{CONNS} connections to distinct peers ({} rows): flow_table_full {full}, other row {} established; rows + other = {} established, {} TIME_WAIT entries, {} closed (kernel totals {}, {CONNS}, {})",
+            2 * CONNS,
+            other["established"],
+            rows_plus_other(&s, "established"),
+            rows_plus_other(&s, "time_wait_entries"),
+            rows_plus_other(&s, "connections_closed"),
+            2 * CONNS,
+            2 * CONNS,
+        ),
+    );
+}
+
+/// An in-flight storm: 2 000 connections (4 000 sockets) already open when
+/// the tracer attaches, all closed at once after. Socket storage has no
+/// capacity to overflow (it lives with each socket); what the tracer cannot
+/// know is each socket's past, so each is counted once as in-flight-missing
+/// and its closing transitions still count exactly.
+#[test]
+fn inflight_storm_of_sockets_older_than_the_tracer_is_counted_exactly() {
+    const CONNS: u64 = 2000;
+    let net = Subnet::unique(57);
+    let l = TcpListener::bind(SocketAddr::new(net.server(), 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    let pairs: Vec<_> = (0..CONNS)
+        .map(|_| {
+            let c = connect_from(net.client(), addr).unwrap();
+            (c, l.accept().unwrap().0)
+        })
+        .collect();
+    drop(l);
+    let args = ["summary", "--json", "--addr", &net.cidr()].map(String::from);
+    let mut run = Run::start(&args, |_| {});
+    let ready = run.line_at(ready_line("summary"), Duration::from_secs(600));
+    assert!(ready.is_some(), "{}", run.stderr());
+    for (mut c, mut a) in pairs {
+        let mut buf = [0u8; 8];
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        while a.read(&mut buf).unwrap() > 0 {}
+        drop(a);
+        while c.read(&mut buf).unwrap() > 0 {}
+    }
+    wait_settled(&format!("{}:", net.server()), None);
+    signal(run.pid(), libc::SIGINT);
+    let code = run.wait_exit(Duration::from_secs(60)).0;
+    assert_eq!(code, Some(0), "{}", run.stderr());
+    let s: serde_json::Value = serde_json::from_str(&run.stdout()).unwrap();
+    let t = &s["tracer"];
+    assert_eq!(t["inflight_missing"], 2 * CONNS, "{t}");
+    assert_eq!(t["inflight_insert_failed"], 0, "{t}");
+    assert_eq!(s["connects"]["attempts"], 0);
+    let cl = &s["closes"];
+    assert_eq!(cl["closed_here_first"], CONNS, "{cl}");
+    assert_eq!(cl["closed_by_peer_first"], CONNS, "{cl}");
+    assert_eq!(s["time_wait"]["entered"], CONNS, "{}", s["time_wait"]);
+    let matrix: u64 = s["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(t["transitions_counted"], matrix, "{}", s["transitions"]);
+    row(
+        "in-flight storm (2 000 connections open before attach, closed together)",
+        "each socket counted once as in-flight-missing; its closing transitions counted",
+        &format!(
+            "inflight_missing {} (= {} sockets), inflight_insert_failed 0; closed_here_first {CONNS}, closed_by_peer_first {CONNS}, TIME_WAIT entered {CONNS}; {matrix} transitions",
+            2 * CONNS,
+            2 * CONNS
+        ),
     );
 }

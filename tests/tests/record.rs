@@ -242,10 +242,14 @@ fn damaged_copies_fail_cleanly(file: &Path, dir: &Path) {
     std::fs::write(&flipped, &b).unwrap();
     let other = dir.join("other.rec");
     std::fs::write(&other, b"#!/bin/sh\necho not a recording\n").unwrap();
-    for (path, want) in [
-        (&cut, "truncated"),
-        (&flipped, "corrupt"),
-        (&other, "not a tracer recording"),
+    for (path, want, what) in [
+        (&cut, "truncated", "cut 5 bytes short"),
+        (&flipped, "corrupt", "with one byte flipped"),
+        (
+            &other,
+            "not a tracer recording",
+            "replaced by a shell script",
+        ),
     ] {
         for args in [&["report"][..], &["events", "--from"]] {
             let mut a: Vec<&str> = args.to_vec();
@@ -256,6 +260,12 @@ fn damaged_copies_fail_cleanly(file: &Path, dir: &Path) {
             assert!(
                 err.contains(want) && !err.contains("panicked"),
                 "{a:?}: {err}"
+            );
+            // A row of the fault suite's table (`cargo xtask soak`).
+            println!(
+                "FAULT | recording {what} (`tracer {}`) | exit 1, no panic | {}",
+                args.join(" "),
+                err.trim()
             );
         }
     }

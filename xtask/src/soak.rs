@@ -74,12 +74,14 @@ pub fn under_load(rounds: u32, mut suite: impl FnMut() -> Result<()>) -> Result<
     Ok(())
 }
 
-/// The fault suite with `tries` per fault; returns its table rows.
+/// The fault suite with `tries` per fault, and the recording suite (its
+/// damaged-file checks are rows of the table); returns the table rows.
 fn faults(root: &Path, cargo: &mut Command, tries: u32) -> Result<Vec<String>> {
     let out = cargo
         .current_dir(root)
         .args(["test", "--release", "--package", "integration-tests"])
-        .args(["--test", "faults", "--", "--test-threads=1", "--nocapture"])
+        .args(["--test", "faults", "--test", "record"])
+        .args(["--", "--test-threads=1", "--nocapture"])
         .env("FAULT_TRIES", tries.to_string())
         .stderr(Stdio::inherit())
         .output()
