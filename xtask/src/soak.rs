@@ -15,7 +15,7 @@ pub struct Stress(Child);
 
 impl Stress {
     pub fn start() -> Result<Stress> {
-        ensure_package("stress-ng", "stress-ng")?;
+        super::ensure_tools(&[("stress-ng", "stress-ng")])?;
         let child = Command::new("stress-ng")
             .args(["--cpu", "0", "--quiet"])
             .stdout(Stdio::null())
@@ -37,30 +37,6 @@ impl Drop for Stress {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-pub fn ensure_package(bin: &str, pkg: &str) -> Result<()> {
-    if Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        return Ok(());
-    }
-    eprintln!("xtask: installing {pkg} (apt-get)");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", pkg])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-    };
-    if !install().is_ok_and(|s| s.success()) {
-        let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        if !install()?.success() {
-            bail!("could not install {pkg}");
-        }
-    }
-    Ok(())
 }
 
 /// Run `suite` `rounds` times in a row with stress-ng on every CPU.
