@@ -616,10 +616,12 @@ pub fn parse_events_tally(stderr: &str) -> Option<(u64, u64, u64)> {
         let idx = line.find(word)?;
         line[..idx].split_whitespace().last()?.parse().ok()
     };
+    // "...; N transitions and M SYN-ACK retransmits counted in the kernel":
+    // both kinds are events of the ring.
     Some((
         num_before("events printed")?,
         num_before("dropped")?,
-        num_before("transitions counted")?,
+        num_before(" transitions")? + num_before(" SYN-ACK retransmits counted").unwrap_or(0),
     ))
 }
 
@@ -924,6 +926,9 @@ mod tests {
         let s = "Tracing TCP state transitions (all). Ctrl-C to stop.\n\
                  120 events printed, 30 dropped by the kernel ring buffer (try a larger --ring-kib), 0 undecodable; 150 transitions counted in the kernel\n";
         assert_eq!(parse_events_tally(s), Some((120, 30, 150)));
+        let s = "Tracing TCP state transitions (all). Ctrl-C to stop.\n\
+                 120 events printed, 32 dropped by the kernel ring buffer (try a larger --ring-kib), 0 undecodable; 150 transitions and 2 SYN-ACK retransmits counted in the kernel\n";
+        assert_eq!(parse_events_tally(s), Some((120, 32, 152)));
         assert_eq!(parse_events_tally("nothing here"), None);
     }
 }
