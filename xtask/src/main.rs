@@ -88,7 +88,8 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         rate: u64,
     },
-    /// rustfmt --check and clippy --all-targets on the host crates.
+    /// rustfmt --check; clippy --all-targets on the host crates and, with
+    /// nightly for the BPF target, on the kernel crate.
     Lint,
     /// Boot Debian 12's Linux 6.1 under qemu (TCG), run the tracer's modes
     /// on a known workload inside, print the results, timings and mismatches.
