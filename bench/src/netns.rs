@@ -50,6 +50,12 @@ impl NetNs {
         self.fd.as_raw_fd()
     }
 
+    /// The namespace's inode (the tracer's `netns` in its rows).
+    pub fn inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(self.fd.metadata()?.ino())
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
