@@ -431,3 +431,19 @@ pub fn test_pki() -> (String, String, String) {
         .expect("server certificate");
     (ca_pem, srv.pem(), key.serialize_pem())
 }
+
+/// Run `script` with `python3 -c` inside `ns`; it must succeed (its stderr
+/// is the failure message). Returns its standard output, trimmed.
+pub fn python_in(ns: &bench::netns::NetNs, script: &str) -> String {
+    let out = ns
+        .command("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

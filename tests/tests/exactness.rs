@@ -6,12 +6,11 @@
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::fs::MetadataExt,
     process::{Child, Stdio},
 };
 
 use bench::netns::NetNs;
-use integration_tests::{settle, Subnet};
+use integration_tests::{python_in, settle, Subnet};
 use tracer::{filter::FilterSpec, report::Summary, Tracer};
 use tracer_common::dir;
 
@@ -55,23 +54,7 @@ fn clients(ns: &NetNs, src: Option<&str>, addr: &str, port: u16, n: u32) -> u32 
          except OSError as e:\n        assert e.errno==errno.EADDRNOTAVAIL, e\n        f+=1; c.close()\n\
          print(f)\n"
     );
-    let out = ns
-        .command("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-fn netns_inode(ns: &NetNs) -> u32 {
-    std::fs::metadata(format!("/run/netns/{}", ns.name()))
-        .unwrap()
-        .ino() as u32
+    python_in(ns, &script).parse().unwrap()
 }
 
 fn subnet_filter(net: &Subnet) -> FilterSpec {
@@ -135,7 +118,8 @@ fn listeners_of_one_port_in_two_namespaces_keep_their_own_owner() {
     sa.wait().unwrap();
     sb.wait().unwrap();
 
-    let (ia, ib) = (netns_inode(&a), netns_inode(&b));
+    let inode = |ns: &NetNs| ns.inode().unwrap() as u32;
+    let (ia, ib) = (inode(&a), inode(&b));
     settle(&t, |s| {
         s.accepts.established == 8 && s.time_wait.entered == 8
     });

@@ -21,7 +21,7 @@ use std::{
 };
 
 use integration_tests::{
-    connect_from, ensure_debian_package, tracer_bin, wait_for, KillOnDrop, Subnet,
+    connect_from, ensure_debian_package, python_in, tracer_bin, wait_for, KillOnDrop, Subnet,
 };
 
 const MODES: [&str; 3] = ["events", "summary", "serve"];
@@ -773,18 +773,8 @@ fn ephemeral_port_exhaustion_storm_is_counted_by_reason() {
          c.close()\n\
          print(f)\n"
     );
-    let out = ns
-        .command("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        python_in(&ns, &script),
         STORM.to_string(),
         "the kernel's own EADDRNOTAVAIL count"
     );
@@ -885,16 +875,7 @@ fn flow_table_overflow_storm_is_counted_and_totals_stay_exact() {
          c.shutdown(socket.SHUT_WR); assert a.recv(8)==b''; a.close()\n    \
          assert c.recv(8)==b''; c.close()\n"
     );
-    let out = ns
-        .command("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_in(&ns, &script);
     wait_settled("127.1.", Some(&ns));
     signal(run.pid(), libc::SIGCONT);
     signal(run.pid(), libc::SIGINT);
