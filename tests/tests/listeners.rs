@@ -431,3 +431,105 @@ fn queue_len(port: u16) -> u32 {
         .find(|d| d.socket.sport == port)
         .map_or(0, |d| d.recv_queue)
 }
+
+/// A listener with backlog 4 and 4 connections in its queue; two more
+/// clients' final ACKs are dropped by iptables until both sit in the
+/// SYN queue, so when the listener resends its SYN-ACKs the answers find
+/// room for one: the other's ACK is refused (`kfree_skb` with reason
+/// TCP_LISTEN_OVERFLOW). Accepting everything then lets the next SYN-ACK
+/// retransmit complete it, and the namespace's ListenOverflows is the
+/// ground truth for the queue-drop lines.
+#[test]
+fn refused_final_acks_are_queue_drop_lines_on_that_listener() {
+    if tracer::probe::offsets::from_kernel()
+        .unwrap()
+        .listen_overflow_reason
+        == 0
+    {
+        eprintln!("this kernel's kfree_skb tracepoint names no socket; skipping");
+        return;
+    }
+    integration_tests::netdelay::ensure_iptables().unwrap();
+    let ns = Ns::create("qdrop");
+    let inode = ns.namespace().inode.to_string();
+    let all = EventsRun::start(&["--json", "--netns", &inode]);
+    let text = EventsRun::start(&["--netns", &inode, "--lport", "7021"]);
+    let other = EventsRun::start(&["--netns", &inode, "--lport", "7022"]);
+    let held_ports = ns.run(|| overflow_once(&ns));
+    let (all, text, other) = (all.stop(), text.stop(), other.stop());
+    let overflows = ns.tcpext("ListenOverflows");
+    if std::env::var_os("LISTEN_SHOW").is_some() {
+        println!("{text}\n{all}\nListenOverflows {overflows}");
+    }
+    let drops: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
+        .filter(|v| v["event"] == "queue_drop")
+        .collect();
+    assert!(overflows >= 1, "the scenario overflowed nothing");
+    assert_eq!(drops.len() as u64, overflows, "{all}");
+    for v in &drops {
+        assert_eq!(v["local"], "127.0.0.1:7021");
+        let remote = v["remote"].as_str().unwrap();
+        let port: u16 = remote.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+        assert!(held_ports.contains(&port), "{remote} is not a held client");
+        assert_eq!(v["pid"], std::process::id(), "the listener's owner");
+        assert_eq!(v["netns"].to_string(), inode);
+    }
+    assert_eq!(
+        text.matches("QUEUE_DROP").count() as u64,
+        overflows,
+        "{text}"
+    );
+    assert_eq!(other.matches("QUEUE_DROP").count(), 0, "{other}");
+}
+
+/// The scenario above, run inside the namespace; returns the two held
+/// clients' ports once all six connections are accepted.
+fn overflow_once(ns: &Ns) -> Vec<u16> {
+    let full = listen(7021, 4);
+    let _calm = listen(7022, 16);
+    let _calm_client = std::net::TcpStream::connect(("127.0.0.1", 7022)).unwrap();
+    let first: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", 7021)).unwrap())
+        .collect();
+    let rule = [
+        "INPUT",
+        "-i",
+        "lo",
+        "-p",
+        "tcp",
+        "--dport",
+        "7021",
+        "--tcp-flags",
+        "SYN,ACK,FIN,RST",
+        "ACK",
+        "-j",
+        "DROP",
+    ];
+    let insert: Vec<&str> = ["iptables", "-I"].iter().chain(&rule).copied().collect();
+    ns.exec(&insert);
+    let held: Vec<Socket> = (0..2).map(|_| connect_nonblocking(7021)).collect();
+    // Both in the SYN queue (their SYN-ACKs answered, the answers dropped).
+    wait_for(Duration::from_secs(20), || {
+        let n = ns.exec(&["ss", "-Htn", "state", "syn-recv", "sport", "= :7021"]);
+        (n.lines().count() == 2, ())
+    });
+    let delete: Vec<&str> = ["iptables", "-D"].iter().chain(&rule).copied().collect();
+    ns.exec(&delete);
+    wait_for(Duration::from_secs(20), || {
+        (ns.tcpext("ListenOverflows") >= 1, ())
+    });
+    full.set_nonblocking(true).unwrap();
+    let mut accepted = 0;
+    wait_for(Duration::from_secs(30), || {
+        while full.accept().is_ok() {
+            accepted += 1;
+        }
+        (accepted == 6, ())
+    });
+    drop(first);
+    held.iter()
+        .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
+        .collect()
+}

@@ -150,6 +150,13 @@ pub mod counter {
     /// Per-listener figures not kept because the `LISTENER_STATS` table was
     /// full (the global counters still have them).
     pub const LISTENER_STATS_FULL: u32 = 21;
+    /// Final ACKs a full accept queue refused (`kfree_skb` with reason
+    /// `TCP_LISTEN_OVERFLOW`, events mode on kernels whose tracepoint names
+    /// the listener) that passed the filters: the `kfree_skb` program's own
+    /// slots, as `SYNACK_FILTERED_OUT` explains.
+    pub const QUEUE_DROPS: u32 = 22;
+    /// The same events the filters dropped.
+    pub const QUEUE_DROPS_FILTERED_OUT: u32 = 23;
     /// Listener events (SYN-ACK retransmits) the filters dropped: the
     /// `tcp_retransmit_synack` program's own slot, since it may interrupt
     /// the transition program on a CPU (softirq over process context) and
@@ -157,6 +164,8 @@ pub mod counter {
     pub const SYNACK_FILTERED_OUT: u32 = 42;
     /// The same program's `LISTENER_STATS_FULL`.
     pub const SYNACK_LISTENER_STATS_FULL: u32 = 43;
+    /// Refused final ACKs whose headers could not be read (not printed).
+    pub const QUEUE_DROPS_UNREADABLE: u32 = 44;
     /// First of `close::COUNT` slots: X → CLOSE by close kind.
     pub const CLOSE_BASE: u32 = 24;
     /// First of 3 slots (indexed by `dir::*`): entries into the timewait table
@@ -166,7 +175,7 @@ pub mod counter {
     pub const TIME_WAIT_BY_DIR_END: u32 = TIME_WAIT_BY_DIR + 3;
     /// One past the highest slot in use (slots below it that nothing
     /// names stay 0).
-    pub const COUNT: u32 = SYNACK_LISTENER_STATS_FULL + 1;
+    pub const COUNT: u32 = QUEUE_DROPS_UNREADABLE + 1;
     const _: () = assert!(TIME_WAIT_BY_DIR_END <= SYNACK_FILTERED_OUT);
 }
 
@@ -249,10 +258,18 @@ pub struct Offsets {
     pub total_retrans: u32,
     pub bytes_received: u32,
     pub bytes_acked: u32,
+    /// `sk_buff` fields the `kfree_skb` program reads.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's enum (0: the
+    /// kernel lacks it or its `kfree_skb` tracepoint has no socket, and the
+    /// program is not attached).
+    pub listen_overflow_reason: u32,
     /// 1 once userspace filled this in; the programs do nothing while it is 0.
     pub valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 72);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 88);
 
 /// Filters, evaluated in the kernel. A zero field means "no filter".
 #[repr(C)]
@@ -339,6 +356,8 @@ pub mod event_kind {
     pub const TRANSITION: u8 = 0;
     /// A listener retransmitted a SYN-ACK to a pending connection request.
     pub const SYNACK_RETRANSMIT: u8 = 1;
+    /// A listener whose accept queue was full refused a client's final ACK.
+    pub const QUEUE_DROP: u8 = 2;
 }
 
 /// Close paths a connection took (`machine::close_paths`), added to its

@@ -8,10 +8,13 @@
 //! a socket's birth, owner and verdict) are pure functions in
 //! `tracer_common::{account, machine}`, unit-tested there. A second, small
 //! program on `tcp:tcp_retransmit_synack` (in `synack`) counts SYN-ACK
-//! retransmits per listener; it runs only when the kernel resends one.
+//! retransmits per listener; it runs only when the kernel resends one. A
+//! third, on `skb:kfree_skb` (in `overflow`), prints the final ACKs a full
+//! accept queue refused, in events mode where the kernel names the listener.
 //!
 //! Rooms: `maps` (every map), `sock` (field loads), `filter` (the verdict),
 //! `listener` (listening sockets), `synack` (per-listener figures),
+//! `overflow` (queue-drop events),
 //! `transition` (everything else), `output`
 //! (histograms, flows, events).
 #![no_std]
@@ -25,6 +28,7 @@ mod filter;
 mod listener;
 mod maps;
 mod output;
+mod overflow;
 mod sock;
 mod synack;
 mod transition;
@@ -52,6 +56,10 @@ static OFFSETS: Offsets = Offsets {
     bytes_received: 0,
     bytes_acked: 0,
     inet_sport: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    listen_overflow_reason: 0,
     valid: 0,
 };
 

@@ -148,6 +148,19 @@ pub struct EventFacts {
 /// `FILTER.emit_events` is known to the verifier, which prunes this then).
 #[inline(never)]
 pub fn emit(sk: *const u8, e: &Ends, st: &SockState, x: &EventFacts) {
+    emit_with(e, st, x, |remote, local| {
+        sock::addrs(sk, e.family, remote, local)
+    });
+}
+
+/// `emit` with the addresses from `addrs(remote, local)` (zeroed before).
+#[inline(always)]
+pub fn emit_with(
+    e: &Ends,
+    st: &SockState,
+    x: &EventFacts,
+    addrs: impl FnOnce(&mut [u8; 16], &mut [u8; 16]),
+) {
     if ld!(FILTER.emit_events) == 0 {
         return;
     }
@@ -175,7 +188,7 @@ pub fn emit(sk: *const u8, e: &Ends, st: &SockState, x: &EventFacts) {
         core::ptr::addr_of_mut!((*ev).daddr)
             .cast::<[u64; 2]>()
             .write([0; 2]);
-        sock::addrs(sk, e.family, &mut (*ev).daddr, &mut (*ev).saddr);
+        addrs(&mut (*ev).daddr, &mut (*ev).saddr);
         (*ev).tgid = st.tgid;
         (*ev).retrans = x.retrans;
         (*ev).comm = st.comm;

@@ -49,7 +49,12 @@ fn on_synack_retransmit(sk: *const u8, req: *const u8) {
     }
     // The request carries the full tuple: local port = the listener's.
     let ends = sock::ends(req, family, false);
-    let Some(st) = listener_state(stats, sk, req, &ends) else {
+    let remote = || {
+        let (mut r, mut l) = ([0u8; 16], [0u8; 16]);
+        sock::addrs(req, ends.family, &mut r, &mut l);
+        r
+    };
+    let Some(st) = listener_state(stats, sk, &ends, counter::SYNACK_FILTERED_OUT, remote) else {
         return;
     };
     bump(stats, counter::SYNACK_RETRANSMITS);
@@ -64,13 +69,15 @@ fn on_synack_retransmit(sk: *const u8, req: *const u8) {
 }
 
 /// The listener's owner and namespace as a socket state, if the filters
-/// keep this event (counted as filtered out otherwise).
+/// keep this event (counted in the caller's `filtered_out` slot if not);
+/// `remote` gives the client's address when a filter needs it.
 #[inline(always)]
-fn listener_state(
+pub fn listener_state(
     stats: &mut Stats,
     sk: *const u8,
-    req: *const u8,
     ends: &Ends,
+    filtered_out: u32,
+    remote: impl FnOnce() -> [u8; 16],
 ) -> Option<SockState> {
     let netns = sock::netns(sk);
     let mut st = SockState {
@@ -83,13 +90,8 @@ fn listener_state(
         st.cgroup_id = o.cgroup_id;
         st.flags |= tracer_common::flag::OWNER_KNOWN;
     }
-    let v = verdict(ends, &st, netns, true, || {
-        let (mut r, mut l) = ([0u8; 16], [0u8; 16]);
-        sock::addrs(req, ends.family, &mut r, &mut l);
-        r
-    });
-    if v != Verdict::Match {
-        bump(stats, counter::SYNACK_FILTERED_OUT);
+    if verdict(ends, &st, netns, true, remote) != Verdict::Match {
+        bump(stats, filtered_out);
         return None;
     }
     Some(st)

@@ -192,6 +192,7 @@ pub struct ListenerEvent {
 pub fn listener_event_name(kind: u8) -> Option<&'static str> {
     match kind {
         event_kind::SYNACK_RETRANSMIT => Some("synack_retransmit"),
+        event_kind::QUEUE_DROP => Some("queue_drop"),
         _ => None,
     }
 }
@@ -224,6 +225,7 @@ impl ListenerEvent {
         };
         let note = match self.event {
             "synack_retransmit" => "listener resent its SYN-ACK (final ACK not arrived)",
+            "queue_drop" => "accept queue full: listener dropped the final ACK",
             _ => "",
         };
         format!(

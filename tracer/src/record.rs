@@ -409,6 +409,9 @@ pub fn counter_name(i: u32) -> Option<String> {
         counter::LISTENER_STATS_FULL => "listener_stats_full",
         counter::SYNACK_FILTERED_OUT => "synack_filtered_out",
         counter::SYNACK_LISTENER_STATS_FULL => "synack_listener_stats_full",
+        counter::QUEUE_DROPS => "queue_drops",
+        counter::QUEUE_DROPS_FILTERED_OUT => "queue_drops_filtered_out",
+        counter::QUEUE_DROPS_UNREADABLE => "queue_drops_unreadable",
         i if (counter::CLOSE_BASE..counter::TIME_WAIT_BY_DIR).contains(&i) => {
             let k = (i - counter::CLOSE_BASE) as u8;
             let name = if k == close::NONE {

@@ -411,7 +411,7 @@ impl Health {
             ),
             (
                 "skipped",
-                "Runs skipped: another address family or state number",
+                "Runs skipped: another address family or state number, or a refused ACK whose headers could not be read",
                 self.skipped,
             ),
             (
@@ -1151,9 +1151,11 @@ impl Health {
             inflight_missing: c(counter::INFLIGHT_MISSING),
             inflight_insert_failed: c(counter::INFLIGHT_INSERT_FAILED),
             flow_table_full: c(counter::FLOW_TABLE_FULL),
-            filtered_out: c(counter::FILTERED_OUT) + c(counter::SYNACK_FILTERED_OUT),
+            filtered_out: c(counter::FILTERED_OUT)
+                + c(counter::SYNACK_FILTERED_OUT)
+                + c(counter::QUEUE_DROPS_FILTERED_OUT),
             non_tcp_ignored: c(counter::NON_TCP),
-            skipped: c(counter::SKIPPED_OTHER),
+            skipped: c(counter::SKIPPED_OTHER) + c(counter::QUEUE_DROPS_UNREADABLE),
             skipped_no_offsets: c(counter::SKIPPED_NO_OFFSETS),
             tcp_sock_unavailable: c(counter::TCP_SOCK_UNAVAILABLE),
             listener_table_full: c(counter::LISTENER_TABLE_FULL),

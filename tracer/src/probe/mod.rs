@@ -29,6 +29,9 @@ pub static OBJECT_BYTES: &[u8] = OBJECT;
 pub const PROGRAM: &str = "inet_sock_set_state";
 /// The listener-side program, on `tcp:tcp_retransmit_synack` (its name too).
 pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
+/// The queue-drop program, on `skb:kfree_skb` (its name too): attached in
+/// events mode where the kernel names the listener (`offsets::listen_overflow_reason`).
+pub const QUEUE_DROP_PROGRAM: &str = "kfree_skb";
 /// The empty program on the same tracepoint (benchmark floor).
 pub const NOOP_PROGRAM: &str = "noop";
 
@@ -249,6 +252,8 @@ pub struct Probe {
     harvest_thread: HarvestThread,
     harvest: Arc<Mutex<Harvester>>,
     ebpf: Ebpf,
+    /// `QUEUE_DROP_PROGRAM` is attached.
+    queue_drops: bool,
 }
 
 impl Probe {
@@ -284,18 +289,12 @@ impl Probe {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FLOWS", opts.flow_entries)
             .load(OBJECT)?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(ProbeError::MissingMap(PROGRAM))?
-            .try_into()?;
-        prog.load(PROGRAM, &btf).map_err(rejected)?;
-        prog.attach()?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(SYNACK_PROGRAM)
-            .ok_or(ProbeError::MissingMap(SYNACK_PROGRAM))?
-            .try_into()?;
-        prog.load(SYNACK_PROGRAM, &btf).map_err(rejected)?;
-        prog.attach()?;
+        load_and_attach(&mut ebpf, PROGRAM, &btf)?;
+        load_and_attach(&mut ebpf, SYNACK_PROGRAM, &btf)?;
+        let queue_drops = opts.emit_events && offsets.listen_overflow_reason != 0;
+        if queue_drops {
+            load_and_attach(&mut ebpf, QUEUE_DROP_PROGRAM, &btf)?;
+        }
         drop(btf);
         release_freed_memory();
         let harvest = Arc::new(Mutex::new(harvester(&mut ebpf, opts.flow_entries)?));
@@ -305,6 +304,7 @@ impl Probe {
             harvest_thread: thread,
             harvest,
             ebpf,
+            queue_drops,
         })
     }
 
@@ -326,6 +326,11 @@ impl Probe {
     /// Run statistics of the attached program.
     pub fn run_stats(&self) -> Result<RunStats, ProbeError> {
         program_stats(&self.ebpf, PROGRAM)
+    }
+
+    /// Whether refused final ACKs are traced (`QUEUE_DROP_PROGRAM` attached).
+    pub fn traces_queue_drops(&self) -> bool {
+        self.queue_drops
     }
 
     /// Run statistics of the listener-side program (`SYNACK_PROGRAM`).
@@ -453,6 +458,17 @@ impl Probe {
 }
 
 /// Take the flow table and its generation out of the object, for the harvest.
+/// Verify and attach one of the object's tp_btf programs.
+fn load_and_attach(ebpf: &mut Ebpf, name: &'static str, btf: &Btf) -> Result<(), ProbeError> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingMap(name))?
+        .try_into()?;
+    prog.load(name, btf).map_err(rejected)?;
+    prog.attach()?;
+    Ok(())
+}
+
 fn harvester(ebpf: &mut Ebpf, kernel_rows: u32) -> Result<Harvester, ProbeError> {
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(ProbeError::MissingMap(name));
     let flows = PerCpuHashMap::<_, FlowKey, FlowStats>::try_from(take("FLOWS")?)

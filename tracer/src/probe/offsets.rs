@@ -64,8 +64,43 @@ pub fn compute(btf: &Btf) -> Result<Offsets, OffsetError> {
         bytes_received: offset_of(btf, "tcp_sock", &["bytes_received"])?,
         bytes_acked: offset_of(btf, "tcp_sock", &["bytes_acked"])?,
         inet_sport: offset_of(btf, "inet_sock", &["inet_sport"])?,
+        skb_head: offset_of(btf, "sk_buff", &["head"])?,
+        skb_network_header: offset_of(btf, "sk_buff", &["network_header"])?,
+        skb_transport_header: offset_of(btf, "sk_buff", &["transport_header"])?,
+        listen_overflow_reason: listen_overflow_reason(btf).unwrap_or(0),
         valid: 1,
     })
+}
+
+/// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, when the kernel has that drop
+/// reason and its `kfree_skb` tracepoint passes the receiving socket
+/// (`rx_sk`, Linux 6.12+: five parameters with the leading `void *`).
+/// Without both the queue-drop program is not attached.
+pub fn listen_overflow_reason(btf: &Btf) -> Option<u32> {
+    let proto = btf
+        .resolve_types_by_name("btf_trace_kfree_skb")
+        .ok()?
+        .into_iter()
+        .find_map(|t| match resolve(btf, t) {
+            Type::Ptr(p) => match btf.resolve_chained_type(&p).ok()? {
+                Type::FuncProto(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        })?;
+    if proto.parameters.len() < 5 {
+        return None;
+    }
+    btf.resolve_types_by_name("skb_drop_reason")
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Enum(e) => e.members.iter().find_map(|m| {
+                (btf.resolve_name(m).ok()? == "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+                    .then(|| m.val())
+            }),
+            _ => None,
+        })
 }
 
 /// Byte offset of `path` (nested member names; anonymous structs/unions on
@@ -153,5 +188,6 @@ mod tests {
         assert!(o.srtt_us > o.sk_err);
         assert!(o.skc_net > o.skc_family && o.net_ns_inum > 0);
         assert_eq!(o.valid, 1);
+        assert!(o.skb_transport_header > o.skb_network_header);
     }
 }
