@@ -188,6 +188,6 @@ mod tests {
         assert!(o.srtt_us > o.sk_err);
         assert!(o.skc_net > o.skc_family && o.net_ns_inum > 0);
         assert_eq!(o.valid, 1);
-        assert!(o.skb_transport_header > o.skb_network_header);
+        assert!(o.skb_network_header > 0 && o.skb_transport_header > 0 && o.skb_head > 0);
     }
 }
