@@ -457,7 +457,6 @@ impl Probe {
     }
 }
 
-/// Take the flow table and its generation out of the object, for the harvest.
 /// Verify and attach one of the object's tp_btf programs.
 fn load_and_attach(ebpf: &mut Ebpf, name: &'static str, btf: &Btf) -> Result<(), ProbeError> {
     let prog: &mut BtfTracePoint = ebpf
@@ -469,6 +468,7 @@ fn load_and_attach(ebpf: &mut Ebpf, name: &'static str, btf: &Btf) -> Result<(),
     Ok(())
 }
 
+/// Take the flow table and its generation out of the object, for the harvest.
 fn harvester(ebpf: &mut Ebpf, kernel_rows: u32) -> Result<Harvester, ProbeError> {
     let mut take = |name: &'static str| ebpf.take_map(name).ok_or(ProbeError::MissingMap(name));
     let flows = PerCpuHashMap::<_, FlowKey, FlowStats>::try_from(take("FLOWS")?)
