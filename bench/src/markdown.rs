@@ -316,13 +316,26 @@ fn verifier_table(s: &mut String, r: &Results) {
         .into_iter()
         .flatten()
         .map(|m| {
-            format!(
+            let mut line = format!(
                 "{} {}",
                 m["mode"].as_str().unwrap_or("?"),
                 m["verified_insns"]
                     .as_u64()
                     .map_or("rejected".to_string(), |n| format!("{n} instructions"))
-            )
+            );
+            // The listener-side programs, each verified on its own.
+            for (key, program) in [
+                ("synack_verified_insns", tracer::probe::SYNACK_PROGRAM),
+                (
+                    "queue_drop_verified_insns",
+                    tracer::probe::QUEUE_DROP_PROGRAM,
+                ),
+            ] {
+                if let Some(n) = m[key].as_u64() {
+                    line += &format!(" (+ {program} {n})");
+                }
+            }
+            line
         })
         .collect();
     let _ = writeln!(

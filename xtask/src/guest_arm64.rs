@@ -240,13 +240,18 @@ fn boot(kernel: &Path, initrd: &Path, console: &Path) -> Result<()> {
         .args(["-append", "console=ttyAMA0 panic=-1 quiet rdinit=/init"])
         .stdin(Stdio::null())
         .stdout(fs::File::create(console)?)
-        .stderr(Stdio::inherit())
+        .stderr(fs::File::create(console.with_extension("err"))?)
         .spawn()
         .context("starting qemu-system-aarch64")?;
     let started = Instant::now();
     loop {
         if let Some(s) = qemu.try_wait()? {
-            ensure!(s.success(), "qemu-system-aarch64 exited {s}");
+            ensure!(
+                s.success(),
+                "qemu-system-aarch64 exited {s}: {}\nthe console's last lines:\n{}",
+                fs::read_to_string(console.with_extension("err")).unwrap_or_default(),
+                console_tail(console)
+            );
             return Ok(());
         }
         if started.elapsed() > GUEST_TIMEOUT {
@@ -258,6 +263,13 @@ fn boot(kernel: &Path, initrd: &Path, console: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The console log's last 30 lines, for an error.
+fn console_tail(console: &Path) -> String {
+    let log = fs::read_to_string(console).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// The text between `@@ NAME-begin` and `@@ NAME-end`.

@@ -25,6 +25,8 @@ pub struct ModeCheck {
     pub verified_insns: Option<u32>,
     /// The same for the listener-side program (`probe::SYNACK_PROGRAM`).
     pub synack_verified_insns: Option<u32>,
+    /// The same for `probe::QUEUE_DROP_PROGRAM` (events mode, Linux 6.12+).
+    pub queue_drop_verified_insns: Option<u32>,
     pub error: Option<String>,
 }
 
@@ -47,14 +49,20 @@ pub fn run() -> anyhow::Result<Check> {
                 emit_events,
                 ..Default::default()
             };
-            let stats =
-                Probe::attach(&opts).and_then(|p| Ok((p.run_stats()?, p.synack_run_stats()?)));
+            let stats = Probe::attach(&opts).and_then(|p| {
+                Ok((
+                    p.run_stats()?,
+                    p.synack_run_stats()?,
+                    p.queue_drop_run_stats()?,
+                ))
+            });
             match stats {
-                Ok((s, l)) => ModeCheck {
+                Ok((s, l, q)) => ModeCheck {
                     mode,
                     loaded: true,
                     verified_insns: s.verified_insns,
                     synack_verified_insns: l.verified_insns,
+                    queue_drop_verified_insns: q.and_then(|q| q.verified_insns),
                     error: None,
                 },
                 Err(e) => ModeCheck {
@@ -62,6 +70,7 @@ pub fn run() -> anyhow::Result<Check> {
                     loaded: false,
                     verified_insns: None,
                     synack_verified_insns: None,
+                    queue_drop_verified_insns: None,
                     error: Some(format!("{e:#}")),
                 },
             }
@@ -93,12 +102,17 @@ pub fn render(c: &Check) -> String {
                     m.mode,
                     100.0 * n as f64 / INSN_LIMIT as f64
                 );
-                if let Some(l) = m.synack_verified_insns {
-                    o += &format!(
-                        "{:<8} {}: {l} instructions verified\n",
-                        "",
-                        crate::probe::SYNACK_PROGRAM
-                    );
+                let others = [
+                    (crate::probe::SYNACK_PROGRAM, m.synack_verified_insns),
+                    (
+                        crate::probe::QUEUE_DROP_PROGRAM,
+                        m.queue_drop_verified_insns,
+                    ),
+                ];
+                for (program, insns) in others {
+                    if let Some(l) = insns {
+                        o += &format!("{:<8} {program}: {l} instructions verified\n", "");
+                    }
                 }
             }
             (None, None) => {

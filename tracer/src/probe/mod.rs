@@ -338,6 +338,13 @@ impl Probe {
         program_stats(&self.ebpf, SYNACK_PROGRAM)
     }
 
+    /// Run statistics of `QUEUE_DROP_PROGRAM`, where it is attached.
+    pub fn queue_drop_run_stats(&self) -> Result<Option<RunStats>, ProbeError> {
+        self.queue_drops
+            .then(|| program_stats(&self.ebpf, QUEUE_DROP_PROGRAM))
+            .transpose()
+    }
+
     /// The event ring buffer (only fills when `emit_events` was set).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
