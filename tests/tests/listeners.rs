@@ -533,3 +533,93 @@ fn overflow_once(ns: &Ns) -> Vec<u16> {
         .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
         .collect()
 }
+
+/// A bare SYN to 127.0.0.1:`port` from `sport`, through a raw socket: no
+/// socket owns `sport`, so the kernel answers the listener's SYN-ACK with an
+/// RST, and the listener drops the half-open request.
+fn raw_syn(sport: u16, port: u16) {
+    let raw = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::TCP)).unwrap();
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[12] = 5 << 4; // header length: 5 words
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    // Checksum over the pseudo-header (source, destination, protocol,
+    // length) and the segment.
+    let mut words = vec![0x7f00, 0x0001, 0x7f00, 0x0001, 6, tcp.len() as u32];
+    words.extend(
+        tcp.chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))),
+    );
+    let mut sum: u32 = words.iter().sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let to = SocketAddr::from(([127, 0, 0, 1], 0));
+    raw.send_to(&tcp, &to.into()).unwrap();
+}
+
+/// SYN scans' half-open handshakes: each RST that ends one is a
+/// HALF_OPEN_RESET line on that listener (checked against the namespace's
+/// EmbryonicRsts), and is in the listener's `drops` (its `sk_drops`),
+/// though no queue was full (ListenDrops stays 0).
+#[test]
+fn half_open_resets_are_lines_and_listener_drops() {
+    if tracer::probe::offsets::from_kernel()
+        .unwrap()
+        .listen_overflow_reason
+        == 0
+    {
+        eprintln!("this kernel's kfree_skb tracepoint names no socket; skipping");
+        return;
+    }
+    const SCANS: u16 = 5;
+    let ns = Ns::create("halfopen");
+    let inode = ns.namespace().inode;
+    let netns = inode.to_string();
+    let t = Tracer::start(FilterSpec::default(), false, 4096).expect("attach");
+    let all = EventsRun::start(&["--json", "--netns", &netns]);
+    let other = EventsRun::start(&["--netns", &netns, "--lport", "7032"]);
+    let _listeners = ns.run(|| {
+        let pair = (listen(7031, 16), listen(7032, 16));
+        for i in 0..SCANS {
+            raw_syn(41000 + i, 7031);
+        }
+        pair
+    });
+    let resets = wait_for(Duration::from_secs(10), || {
+        let n = ns.tcpext("EmbryonicRsts");
+        (n >= u64::from(SCANS), n)
+    });
+    assert_eq!(resets, u64::from(SCANS));
+    let s = t.summary(10).expect("summary");
+    let (all, other) = (all.stop(), other.stop());
+    if std::env::var_os("LISTEN_SHOW").is_some() {
+        println!("{all}");
+    }
+    let lines: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
+        .filter(|v| v["event"] == "half_open_reset")
+        .collect();
+    assert_eq!(lines.len() as u64, resets, "{all}");
+    let mut ports: Vec<u64> = lines
+        .iter()
+        .map(|v| {
+            assert_eq!(v["local"], "127.0.0.1:7031");
+            assert_eq!(v["pid"], std::process::id(), "the listener's owner");
+            let remote = v["remote"].as_str().unwrap();
+            remote.strip_prefix("127.0.0.1:").unwrap().parse().unwrap()
+        })
+        .collect();
+    ports.sort();
+    assert_eq!(ports, (41000..41000 + u64::from(SCANS)).collect::<Vec<_>>());
+    assert_eq!(other.matches("HALF_OPEN_RESET").count(), 0, "{other}");
+    let row = listener(&s, inode, 7031);
+    assert_eq!((row.drops, row.accept_queue), (resets, 0), "{row:?}");
+    assert_eq!(ns.tcpext("ListenDrops"), 0);
+    assert_eq!(listener(&s, inode, 7032).drops, 0);
+}

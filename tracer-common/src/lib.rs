@@ -164,8 +164,17 @@ pub mod counter {
     pub const SYNACK_FILTERED_OUT: u32 = 42;
     /// The same program's `LISTENER_STATS_FULL`.
     pub const SYNACK_LISTENER_STATS_FULL: u32 = 43;
-    /// Refused final ACKs whose headers could not be read (not printed).
-    pub const QUEUE_DROPS_UNREADABLE: u32 = 44;
+    /// Packets the `kfree_skb` program could not read the headers of (not
+    /// printed): refused final ACKs, and packets a listener dropped without
+    /// a reason that might have been half-open resets.
+    pub const LISTENER_DROPS_UNREADABLE: u32 = 44;
+    /// Clients' RSTs answering a SYN-ACK, which end a half-open handshake
+    /// (the host's `TcpExtEmbryonicRsts`): the kernel frees them with no
+    /// drop reason (`NOT_SPECIFIED`) and the listener as the receiving
+    /// socket; events mode where the tracepoint names it.
+    pub const HALF_OPEN_RESETS: u32 = 45;
+    /// The same events the filters dropped.
+    pub const HALF_OPEN_RESETS_FILTERED_OUT: u32 = 46;
     /// First of `close::COUNT` slots: X → CLOSE by close kind.
     pub const CLOSE_BASE: u32 = 24;
     /// First of 3 slots (indexed by `dir::*`): entries into the timewait table
@@ -175,7 +184,7 @@ pub mod counter {
     pub const TIME_WAIT_BY_DIR_END: u32 = TIME_WAIT_BY_DIR + 3;
     /// One past the highest slot in use (slots below it that nothing
     /// names stay 0).
-    pub const COUNT: u32 = QUEUE_DROPS_UNREADABLE + 1;
+    pub const COUNT: u32 = HALF_OPEN_RESETS_FILTERED_OUT + 1;
     const _: () = assert!(TIME_WAIT_BY_DIR_END <= SYNACK_FILTERED_OUT);
 }
 
@@ -266,10 +275,14 @@ pub struct Offsets {
     /// kernel lacks it or its `kfree_skb` tracepoint has no socket, and the
     /// program is not attached).
     pub listen_overflow_reason: u32,
+    /// `SKB_DROP_REASON_NOT_SPECIFIED`, where `listen_overflow_reason` is set.
+    pub unspecified_reason: u32,
+    /// `sock_common.skc_state`.
+    pub skc_state: u32,
     /// 1 once userspace filled this in; the programs do nothing while it is 0.
     pub valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 88);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
 
 /// Filters, evaluated in the kernel. A zero field means "no filter".
 #[repr(C)]
@@ -358,6 +371,8 @@ pub mod event_kind {
     pub const SYNACK_RETRANSMIT: u8 = 1;
     /// A listener whose accept queue was full refused a client's final ACK.
     pub const QUEUE_DROP: u8 = 2;
+    /// A client answered a listener's SYN-ACK with an RST.
+    pub const HALF_OPEN_RESET: u8 = 3;
 }
 
 /// Close paths a connection took (`machine::close_paths`), added to its

@@ -10,11 +10,12 @@
 //! program on `tcp:tcp_retransmit_synack` (in `synack`) counts SYN-ACK
 //! retransmits per listener; it runs only when the kernel resends one. A
 //! third, on `skb:kfree_skb` (in `overflow`), prints the final ACKs a full
-//! accept queue refused, in events mode where the kernel names the listener.
+//! accept queue refused and the RSTs that ended half-open handshakes, in
+//! events mode where the kernel names the listener.
 //!
 //! Rooms: `maps` (every map), `sock` (field loads), `filter` (the verdict),
 //! `listener` (listening sockets), `synack` (per-listener figures),
-//! `overflow` (queue-drop events),
+//! `overflow` (queue-drop and half-open-reset events),
 //! `transition` (everything else), `output`
 //! (histograms, flows, events).
 #![no_std]
@@ -60,6 +61,8 @@ static OFFSETS: Offsets = Offsets {
     skb_network_header: 0,
     skb_transport_header: 0,
     listen_overflow_reason: 0,
+    unspecified_reason: 0,
+    skc_state: 0,
     valid: 0,
 };
 

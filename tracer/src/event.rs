@@ -193,6 +193,7 @@ pub fn listener_event_name(kind: u8) -> Option<&'static str> {
     match kind {
         event_kind::SYNACK_RETRANSMIT => Some("synack_retransmit"),
         event_kind::QUEUE_DROP => Some("queue_drop"),
+        event_kind::HALF_OPEN_RESET => Some("half_open_reset"),
         _ => None,
     }
 }
@@ -226,6 +227,7 @@ impl ListenerEvent {
         let note = match self.event {
             "synack_retransmit" => "listener resent its SYN-ACK (final ACK not arrived)",
             "queue_drop" => "accept queue full: listener dropped the final ACK",
+            "half_open_reset" => "client answered the SYN-ACK with RST: handshake abandoned",
             _ => "",
         };
         format!(

@@ -411,7 +411,9 @@ pub fn counter_name(i: u32) -> Option<String> {
         counter::SYNACK_LISTENER_STATS_FULL => "synack_listener_stats_full",
         counter::QUEUE_DROPS => "queue_drops",
         counter::QUEUE_DROPS_FILTERED_OUT => "queue_drops_filtered_out",
-        counter::QUEUE_DROPS_UNREADABLE => "queue_drops_unreadable",
+        counter::LISTENER_DROPS_UNREADABLE => "listener_drops_unreadable",
+        counter::HALF_OPEN_RESETS => "half_open_resets",
+        counter::HALF_OPEN_RESETS_FILTERED_OUT => "half_open_resets_filtered_out",
         i if (counter::CLOSE_BASE..counter::TIME_WAIT_BY_DIR).contains(&i) => {
             let k = (i - counter::CLOSE_BASE) as u8;
             let name = if k == close::NONE {

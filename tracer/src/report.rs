@@ -1153,9 +1153,10 @@ impl Health {
             flow_table_full: c(counter::FLOW_TABLE_FULL),
             filtered_out: c(counter::FILTERED_OUT)
                 + c(counter::SYNACK_FILTERED_OUT)
-                + c(counter::QUEUE_DROPS_FILTERED_OUT),
+                + c(counter::QUEUE_DROPS_FILTERED_OUT)
+                + c(counter::HALF_OPEN_RESETS_FILTERED_OUT),
             non_tcp_ignored: c(counter::NON_TCP),
-            skipped: c(counter::SKIPPED_OTHER) + c(counter::QUEUE_DROPS_UNREADABLE),
+            skipped: c(counter::SKIPPED_OTHER) + c(counter::LISTENER_DROPS_UNREADABLE),
             skipped_no_offsets: c(counter::SKIPPED_NO_OFFSETS),
             tcp_sock_unavailable: c(counter::TCP_SOCK_UNAVAILABLE),
             listener_table_full: c(counter::LISTENER_TABLE_FULL),

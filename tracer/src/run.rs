@@ -164,17 +164,18 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         other => other?,
     }
     let snap = tracer.snapshot()?;
-    let queue_drops = if tracer.probe.traces_queue_drops() {
+    let listener_drops = if tracer.probe.traces_listener_drops() {
         format!(
-            ", {} queue drops ({} unreadable)",
+            ", {} queue drops, {} half-open resets ({} unreadable)",
             snap.counter(counter::QUEUE_DROPS),
-            snap.counter(counter::QUEUE_DROPS_UNREADABLE)
+            snap.counter(counter::HALF_OPEN_RESETS),
+            snap.counter(counter::LISTENER_DROPS_UNREADABLE)
         )
     } else {
         String::new()
     };
     eprintln!(
-        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions, {} SYN-ACK retransmits{queue_drops} counted in the kernel",
+        "{printed} events printed, {} dropped by the kernel ring buffer (try a larger --ring-kib), {bad} undecodable; {} transitions, {} SYN-ACK retransmits{listener_drops} counted in the kernel",
         snap.counter(counter::RINGBUF_DROPS),
         snap.counter(counter::TRANSITIONS),
         snap.counter(counter::SYNACK_RETRANSMITS)

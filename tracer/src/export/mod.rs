@@ -627,7 +627,7 @@ fn encode_listeners(
     counter_family(
         enc,
         "listener_drops",
-        "SYNs and final ACKs a listening socket dropped since listen() (its sk_drops: full queues)",
+        "Packets a listening socket dropped since listen() (its sk_drops: SYNs and final ACKs a full queue refused, and packets refused for its half-open handshakes, such as clients' RSTs)",
         &l.listeners
             .iter()
             .map(|r| (key(r), r.drops))

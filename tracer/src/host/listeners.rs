@@ -143,7 +143,8 @@ fn opt(v: Option<u32>) -> String {
 fn warning(l: &ListenerRow, s: Option<&ListenSysctls>) -> String {
     let s = s.cloned().unwrap_or_default();
     format!(
-        "WARNING: listener {} ({}) accept queue {} of {}, {} SYNs/ACKs dropped since listen(): \
+        "WARNING: listener {} ({}) accept queue {} of {}, {} packets dropped since listen() \
+         (full queue, or refused for a half-open handshake): \
          listen() backlog {} (capped by net.core.somaxconn {}), tcp_max_syn_backlog {}, \
          tcp_syncookies {} (netns {})",
         l.local,

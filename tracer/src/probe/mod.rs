@@ -328,8 +328,9 @@ impl Probe {
         program_stats(&self.ebpf, PROGRAM)
     }
 
-    /// Whether refused final ACKs are traced (`QUEUE_DROP_PROGRAM` attached).
-    pub fn traces_queue_drops(&self) -> bool {
+    /// Whether refused final ACKs and half-open resets are traced
+    /// (`QUEUE_DROP_PROGRAM` attached).
+    pub fn traces_listener_drops(&self) -> bool {
         self.queue_drops
     }
 

@@ -68,6 +68,8 @@ pub fn compute(btf: &Btf) -> Result<Offsets, OffsetError> {
         skb_network_header: offset_of(btf, "sk_buff", &["network_header"])?,
         skb_transport_header: offset_of(btf, "sk_buff", &["transport_header"])?,
         listen_overflow_reason: listen_overflow_reason(btf).unwrap_or(0),
+        unspecified_reason: drop_reason(btf, "SKB_DROP_REASON_NOT_SPECIFIED").unwrap_or(0),
+        skc_state: sk("skc_state")?,
         valid: 1,
     })
 }
@@ -91,14 +93,19 @@ pub fn listen_overflow_reason(btf: &Btf) -> Option<u32> {
     if proto.parameters.len() < 5 {
         return None;
     }
+    drop_reason(btf, "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+}
+
+/// The value of `name` in this kernel's `enum skb_drop_reason`.
+fn drop_reason(btf: &Btf, name: &str) -> Option<u32> {
     btf.resolve_types_by_name("skb_drop_reason")
         .ok()?
         .into_iter()
         .find_map(|t| match t {
-            Type::Enum(e) => e.members.iter().find_map(|m| {
-                (btf.resolve_name(m).ok()? == "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
-                    .then(|| m.val())
-            }),
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .find_map(|m| (btf.resolve_name(m).ok()? == name).then(|| m.val())),
             _ => None,
         })
 }
@@ -185,6 +192,7 @@ mod tests {
         assert_eq!(o.skc_daddr, 0);
         assert_eq!(o.skc_rcv_saddr, 4);
         assert!(o.skc_v6_daddr > o.skc_family);
+        assert_eq!(o.skc_state, o.skc_family + 2, "skc_family, then skc_state");
         assert!(o.srtt_us > o.sk_err);
         assert!(o.skc_net > o.skc_family && o.net_ns_inum > 0);
         assert_eq!(o.valid, 1);
