@@ -393,33 +393,34 @@ fn synack_retransmits_are_event_lines_with_the_filters() {
     if std::env::var_os("LISTEN_SHOW").is_some() {
         println!("{text}\n{all}");
     }
-    let lines: Vec<serde_json::Value> = all
-        .lines()
-        .map(|l| serde_json::from_str(l).expect(l))
-        .collect();
-    let synacks: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|v| v["event"] == "synack_retransmit")
-        .collect();
+    let mut seen = listener_events(&all, "synack_retransmit", "127.0.0.1:7011", &inode);
     let truth: usize = records.values().map(|r| r.synacks as usize - 1).sum();
-    assert_eq!((synacks.len(), truth), (3, 3), "{all}");
-    let mut clients: Vec<String> = records.keys().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut seen: Vec<String> = synacks
-        .iter()
-        .map(|v| v["remote"].as_str().unwrap().to_string())
-        .collect();
-    clients.sort();
+    assert_eq!((seen.len(), truth), (3, 3), "{all}");
     seen.sort();
+    let clients: Vec<u16> = records.keys().copied().collect();
     assert_eq!(seen, clients, "one per held client");
-    for v in &synacks {
-        assert_eq!(v["local"], "127.0.0.1:7011");
-        assert_eq!(v["pid"], std::process::id(), "the listener's owner");
-        assert_eq!(v["netns"].to_string(), inode);
-    }
     // The same filters as transitions: by the listener's port.
     assert_eq!(text.matches("SYNACK_RETRANSMIT").count(), 3, "{text}");
     assert_eq!(other.matches("SYNACK_RETRANSMIT").count(), 0, "{other}");
     assert_eq!(other.matches("SYN_RECV->ESTABLISHED").count(), 2, "{other}");
+}
+
+/// The `--json` lines of listener-side `event` in `out`, each checked to be
+/// on `local` in namespace `netns` and owned by this process (the
+/// listener's owner): their clients' ports (remote 127.0.0.1:PORT).
+fn listener_events(out: &str, event: &str, local: &str, netns: &str) -> Vec<u16> {
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
+        .filter(|v| v["event"] == event)
+        .map(|v| {
+            assert_eq!(v["local"], local, "{v}");
+            assert_eq!(v["pid"], std::process::id(), "the listener's owner: {v}");
+            assert_eq!(v["netns"].to_string(), netns, "{v}");
+            let remote = v["remote"].as_str().unwrap();
+            let port = remote.strip_prefix("127.0.0.1:").expect(remote);
+            port.parse().expect(remote)
+        })
+        .collect()
 }
 
 /// The accept queue of the listener on `port`, from sock_diag in the
@@ -461,20 +462,11 @@ fn refused_final_acks_are_queue_drop_lines_on_that_listener() {
     if std::env::var_os("LISTEN_SHOW").is_some() {
         println!("{text}\n{all}\nListenOverflows {overflows}");
     }
-    let drops: Vec<serde_json::Value> = all
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
-        .filter(|v| v["event"] == "queue_drop")
-        .collect();
+    let drops = listener_events(&all, "queue_drop", "127.0.0.1:7021", &inode);
     assert!(overflows >= 1, "the scenario overflowed nothing");
     assert_eq!(drops.len() as u64, overflows, "{all}");
-    for v in &drops {
-        assert_eq!(v["local"], "127.0.0.1:7021");
-        let remote = v["remote"].as_str().unwrap();
-        let port: u16 = remote.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
-        assert!(held_ports.contains(&port), "{remote} is not a held client");
-        assert_eq!(v["pid"], std::process::id(), "the listener's owner");
-        assert_eq!(v["netns"].to_string(), inode);
+    for port in &drops {
+        assert!(held_ports.contains(port), "{port} is not a held client");
     }
     assert_eq!(
         text.matches("QUEUE_DROP").count() as u64,
@@ -600,23 +592,10 @@ fn half_open_resets_are_lines_and_listener_drops() {
     if std::env::var_os("LISTEN_SHOW").is_some() {
         println!("{all}");
     }
-    let lines: Vec<serde_json::Value> = all
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect(l))
-        .filter(|v| v["event"] == "half_open_reset")
-        .collect();
-    assert_eq!(lines.len() as u64, resets, "{all}");
-    let mut ports: Vec<u64> = lines
-        .iter()
-        .map(|v| {
-            assert_eq!(v["local"], "127.0.0.1:7031");
-            assert_eq!(v["pid"], std::process::id(), "the listener's owner");
-            let remote = v["remote"].as_str().unwrap();
-            remote.strip_prefix("127.0.0.1:").unwrap().parse().unwrap()
-        })
-        .collect();
+    let mut ports = listener_events(&all, "half_open_reset", "127.0.0.1:7031", &netns);
+    assert_eq!(ports.len() as u64, resets, "{all}");
     ports.sort();
-    assert_eq!(ports, (41000..41000 + u64::from(SCANS)).collect::<Vec<_>>());
+    assert_eq!(ports, (41000..41000 + SCANS).collect::<Vec<_>>());
     assert_eq!(other.matches("HALF_OPEN_RESET").count(), 0, "{other}");
     let row = listener(&s, inode, 7031);
     assert_eq!((row.drops, row.accept_queue), (resets, 0), "{row:?}");
