@@ -275,7 +275,8 @@ pub struct Offsets {
     /// kernel lacks it or its `kfree_skb` tracepoint has no socket, and the
     /// program is not attached).
     pub listen_overflow_reason: u32,
-    /// `SKB_DROP_REASON_NOT_SPECIFIED`, where `listen_overflow_reason` is set.
+    /// `SKB_DROP_REASON_NOT_SPECIFIED` (read by the `kfree_skb` program,
+    /// which runs only where `listen_overflow_reason` is set).
     pub unspecified_reason: u32,
     /// `sock_common.skc_state`.
     pub skc_state: u32,
