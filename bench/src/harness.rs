@@ -5,7 +5,7 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -28,6 +28,9 @@ pub enum Setup {
     Nothing,
     /// `tracer summary`: in-kernel aggregation only.
     TracerSummary,
+    /// `tracer summary` of the `--baseline` binary (an earlier build), for
+    /// before/after figures from one interleaved run.
+    BaselineSummary,
     /// `tracer events --json` to /dev/null: every transition through the ring buffer.
     TracerEvents,
     /// `tracer serve` (the Prometheus exporter), when the binary has it.
@@ -43,6 +46,7 @@ impl Setup {
         match self {
             Setup::Nothing => "nothing attached",
             Setup::TracerSummary => "tracer summary",
+            Setup::BaselineSummary => "baseline tracer summary (--baseline)",
             Setup::TracerEvents => "tracer events (JSON to /dev/null)",
             Setup::TracerServe => "tracer serve (exporter)",
             Setup::Bpftrace => "bpftrace (equivalent script)",
@@ -54,6 +58,8 @@ impl Setup {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub tracer: PathBuf,
+    /// An earlier tracer binary measured beside `tracer` (summary mode).
+    pub baseline: Option<PathBuf>,
     pub loadgen: PathBuf,
     /// bpftrace binary; None leaves bpftrace out.
     pub bpftrace: Option<PathBuf>,
@@ -97,6 +103,7 @@ impl Config {
     pub fn full(tracer: PathBuf, loadgen: PathBuf) -> Config {
         Config {
             tracer,
+            baseline: None,
             loadgen,
             bpftrace: None,
             bpftrace_script: PathBuf::from(concat!(
@@ -278,9 +285,13 @@ impl Bench {
     }
 
     fn tracer_cmd(&self, ns: Option<&NetNs>) -> Command {
+        self.binary_cmd(&self.cfg.tracer, ns)
+    }
+
+    fn binary_cmd(&self, bin: &Path, ns: Option<&NetNs>) -> Command {
         let mut c = match ns {
-            Some(ns) => ns.command(&self.cfg.tracer),
-            None => Command::new(&self.cfg.tracer),
+            Some(ns) => ns.command(bin),
+            None => Command::new(bin),
         };
         if let Some(cg) = &self.cgroup {
             cg.enter(&mut c);
@@ -295,8 +306,12 @@ impl Bench {
         Ok(match setup {
             Setup::Nothing => Attached::Nothing,
             Setup::Noop => Attached::Noop(tracer::probe::NoopProbe::attach()?),
-            Setup::TracerSummary => {
-                let mut c = self.tracer_cmd(ns);
+            Setup::TracerSummary | Setup::BaselineSummary => {
+                let bin = match setup {
+                    Setup::BaselineSummary => cfg.baseline.as_ref().context("no --baseline")?,
+                    _ => &cfg.tracer,
+                };
+                let mut c = self.binary_cmd(bin, ns);
                 c.arg("summary").arg("--json").args(extra);
                 Attached::Process(child::start(
                     c,
@@ -860,7 +875,12 @@ pub fn run_all(cfg: Config) -> Result<Results> {
             .push("bpftrace not measured: not installed".into());
     }
 
+    let baseline: &[Setup] = match b.cfg.baseline {
+        Some(_) => &[Setup::BaselineSummary],
+        None => &[],
+    };
     let mut churn_setups = vec![Setup::Nothing, Setup::TracerSummary];
+    churn_setups.extend(baseline);
     if has_serve {
         churn_setups.push(Setup::TracerServe);
     }
@@ -874,6 +894,7 @@ pub fn run_all(cfg: Config) -> Result<Results> {
     }
 
     let mut kernel_setups = vec![Setup::Noop, Setup::TracerSummary, Setup::TracerEvents];
+    kernel_setups.extend(baseline);
     if has_bt {
         kernel_setups.push(Setup::Bpftrace);
     }

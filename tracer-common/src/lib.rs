@@ -103,8 +103,9 @@ pub mod counter {
     /// A socket's transition found no per-socket state: the socket predates
     /// the tracer (its time in state and handshake latency are unknown).
     pub const INFLIGHT_MISSING: u32 = 2;
-    /// Creating a socket's storage failed (kernel memory): counted, the
-    /// socket's transitions still count.
+    /// A socket's state could not be created (the `SOCKS` table full at
+    /// `SOCKET_SLOTS`, or no kernel memory): counted, the socket's
+    /// transitions still count.
     pub const INFLIGHT_INSERT_FAILED: u32 = 3;
     /// The per-flow breakdown table was full: the flow's numbers went to the
     /// `other` row (`Stats::other_flow`), so rows + other = totals still.
@@ -556,6 +557,12 @@ pub struct TwSlot {
     pub count: u64,
 }
 pub const TW_SLOTS: u32 = 64;
+
+/// Capacity of the per-socket state table (`SOCKS`): sockets with a
+/// connection's state at once. Not preallocated: the kernel keeps one
+/// bucket (16 B) per slot up front and allocates an entry per live socket;
+/// a socket that finds it full is counted (`counter::INFLIGHT_INSERT_FAILED`).
+pub const SOCKET_SLOTS: u32 = 1 << 20;
 
 /// Slot of (old, new) in the 13x13 transition matrix.
 #[inline(always)]

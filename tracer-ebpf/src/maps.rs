@@ -2,13 +2,13 @@
 //! runs on different CPUs never contend; userspace sums over CPUs.
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
     hist::Hist, hist_kind, FlowKey, FlowStats, ListenerKey, ListenerStats, Owner, SockState, Stats,
-    TwSlot, TW_SLOTS,
+    TwSlot, SOCKET_SLOTS, TW_SLOTS,
 };
 
 /// Events for live mode (written in place; full → counted as dropped).
@@ -55,13 +55,17 @@ pub static LISTENERS: HashMap<ListenerKey, Owner> = HashMap::with_max_entries(81
 pub static LISTENER_STATS: PerCpuHashMap<ListenerKey, ListenerStats> =
     PerCpuHashMap::with_max_entries(8192, 0);
 
-/// Per-socket state, in socket-local storage: created at the socket's
-/// birth (or first sight), freed by the kernel with the socket, so every
-/// live socket keeps its state (no capacity, no eviction). A non-preallocated
-/// hash keyed by cookie was measured beside it and cost the same per
-/// transition (its bucket locks and allocations replace the storage's).
-#[btf_map]
-pub static SOCKS: SkStorage<SockState> = SkStorage::new();
+/// Per-socket state, keyed by socket cookie: created at the socket's birth
+/// (or first sight), removed at its → CLOSE (every TCP socket passes there
+/// before it is freed; cookies are never reused). Not preallocated, so an
+/// entry costs memory only while its socket lives. It replaced socket-local
+/// storage, which cost as much per transition but twice the host CPU per
+/// connection outside the program (a kzalloc with memcg charging at birth,
+/// an RCU free at socket destruction); the hash's entries come from the
+/// kernel's per-CPU BPF allocator caches.
+#[map]
+pub static SOCKS: HashMap<u64, SockState> =
+    HashMap::with_max_entries(SOCKET_SLOTS, BPF_F_NO_PREALLOC);
 
 /// A per-CPU stand-in state for a socket that has none (first seen at its
 /// → CLOSE, or no memory for its storage): kept off the 512-byte stack.

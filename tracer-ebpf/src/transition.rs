@@ -4,10 +4,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get},
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
     },
 };
 use tracer_common::{
@@ -29,6 +29,9 @@ use crate::{
 /// One run's transition: the socket, the two states, the time and the ends.
 pub struct Tr {
     pub sk: *const u8,
+    /// The socket cookie (a connection's key in `SOCKS`, the id that joins
+    /// events with `ss -e` / sock_diag); 0 for a listener's own transitions.
+    pub cookie: u64,
     pub old: u8,
     pub new: u8,
     pub now: u64,
@@ -103,6 +106,7 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let t = Tr {
         sk,
+        cookie: if listening { 0 } else { cookie(sk) },
         old,
         new,
         now,
@@ -118,50 +122,70 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
 #[inline(never)]
 fn connection(stats: &mut Stats, t: &Tr) {
     match state_of(t) {
-        Some(st) => on_socket(stats, st, t),
+        Some(st) => {
+            on_socket(stats, st, t);
+            if t.new == state::CLOSE {
+                // The connection is over: its socket may be freed now.
+                let _ = SOCKS.remove(&t.cookie);
+            }
+        }
         None => {
             // First seen at its → CLOSE (older than the tracer, nothing to
-            // keep), or no kernel memory for the storage: the transition
-            // still counts, with what this run can see.
+            // keep), or no room for its state: the transition still
+            // counts, with what this run can see.
             if t.new != state::CLOSE {
                 bump(stats, counter::INFLIGHT_INSERT_FAILED);
             }
             if let Some(p) = SCRATCH.get_ptr_mut(0) {
                 // SAFETY: per-CPU slot, used by this run only.
                 let st = unsafe { &mut *p };
-                st.flags = 0;
-                st.verdict = verdict::UNDECIDED;
-                st.ts_state = 0;
+                *st = ZERO_STATE;
                 on_socket(stats, st, t);
             }
         }
     }
 }
 
-/// The socket's storage, created (zeroed) at first sight unless this is
-/// its → CLOSE. A birth starts afresh: a socket reused for another
-/// connect() keeps its storage from the last one.
+/// A state before its first transition (verdict undecided, nothing known).
+static ZERO_STATE: SockState = SockState {
+    ts_state: 0,
+    ts_birth: 0,
+    deferred_ts: 0,
+    cgroup_id: 0,
+    tgid: 0,
+    key_tgid: 0,
+    comm: [0; TASK_COMM_LEN],
+    netns: 0,
+    dir: 0,
+    flags: 0,
+    verdict: verdict::UNDECIDED,
+    deferred_old: 0,
+    deferred_new: 0,
+    _pad: [0; 7],
+};
+
+/// The socket's state in `SOCKS`, created (zeroed) at its birth or first
+/// sight, never at its → CLOSE. A birth starts afresh (`BPF_ANY` replaces
+/// what a missed → CLOSE could have left); a first sight mid-life inserts
+/// only if no other CPU's run did meanwhile.
 #[inline(always)]
 fn state_of(t: &Tr) -> Option<&'static mut SockState> {
-    let flags = if t.new == state::CLOSE {
-        0
-    } else {
-        BPF_SK_STORAGE_GET_F_CREATE as u64
-    };
-    let map = core::ptr::addr_of!(SOCKS) as *mut c_void;
-    // SAFETY: `sk` is the tracepoint's socket; the helper returns the
-    // socket's own value (or null), valid for this run. Transitions of one
-    // socket are serialized by the kernel (socket lock), so no other run
-    // writes it meanwhile.
-    let st = unsafe {
-        let p = bpf_sk_storage_get(map, t.sk as *mut c_void, core::ptr::null_mut(), flags);
-        (p as *mut SockState).as_mut()
-    }?;
-    if machine::birth(t.old, t.new).is_some() {
-        st.flags = 0;
-        st.verdict = verdict::UNDECIDED;
+    let birth = machine::birth(t.old, t.new).is_some();
+    if !birth {
+        if let Some(p) = SOCKS.get_ptr_mut(&t.cookie) {
+            // SAFETY: the map's value for this socket, valid for this run.
+            // Transitions of one socket are serialized by the kernel
+            // (socket lock), so no other run writes it meanwhile.
+            return Some(unsafe { &mut *p });
+        }
+        if t.new == state::CLOSE {
+            return None;
+        }
     }
-    Some(st)
+    let how = if birth { BPF_ANY } else { BPF_NOEXIST };
+    let _ = SOCKS.insert(&t.cookie, &ZERO_STATE, how as u64);
+    // SAFETY: as above.
+    SOCKS.get_ptr_mut(&t.cookie).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]
@@ -190,7 +214,7 @@ fn on_socket(stats: &mut Stats, st: &mut SockState, t: &Tr) {
             old,
             new,
             ts,
-            cookie: cookie(t.sk),
+            cookie: t.cookie,
             ..EventFacts::default()
         };
         output::emit(t.sk, &t.ends, st, &facts);
@@ -249,7 +273,8 @@ fn decide(st: &mut SockState, t: &Tr) -> bool {
 }
 
 /// After a counted or filtered transition: time the new state; at
-/// → CLOSE forget the connection (the storage lives on with the socket).
+/// → CLOSE forget the connection (its `SOCKS` entry goes after this run's
+/// last use, in `connection`).
 #[inline(always)]
 fn finish(st: &mut SockState, t: &Tr) {
     if t.new == state::CLOSE {
@@ -261,13 +286,10 @@ fn finish(st: &mut SockState, t: &Tr) {
     }
 }
 
-/// The socket cookie, only when events are streamed (the id that joins
-/// events with `ss -e` / sock_diag).
+/// The socket's cookie (generated at its first request, unique for the
+/// host's uptime).
 #[inline(always)]
 fn cookie(sk: *const u8) -> u64 {
-    if ld!(FILTER.emit_events) == 0 {
-        return 0;
-    }
     // SAFETY: tp_btf passes a valid `struct sock *`; the helper only reads it.
     unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
 }
@@ -395,7 +417,7 @@ fn event(st: &SockState, t: &Tr, e: &Effects, x: &Facts, ff: &FlowFacts) {
         old: t.old,
         new: t.new,
         ts: t.now,
-        cookie: cookie(t.sk),
+        cookie: t.cookie,
         in_state_ns,
         handshake_ns: ff.handshake_ns,
         lifetime_ns: ff.lifetime_ns,

@@ -15,6 +15,10 @@ struct Args {
     /// The tracer binary to measure.
     #[arg(long)]
     tracer: PathBuf,
+    /// An earlier tracer binary to measure beside it (summary mode, in the
+    /// churn and kernel phases): before/after figures from one run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The load generator (default: `loadgen` next to this binary).
     #[arg(long)]
     loadgen: Option<PathBuf>,
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     if harness::tracer_has_serve(&a.tracer) {
         cfg.serve = true;
     }
+    cfg.baseline = a.baseline;
     if let Some(r) = a.rounds {
         cfg.rounds = r.max(1);
     }

@@ -24,6 +24,8 @@ pub enum DiagError {
     Decode(String),
     #[error("sock_diag: kernel answered error {0}")]
     Kernel(i32),
+    #[error("the program's socket table (SOCKS): {0}")]
+    Table(#[from] aya::maps::MapError),
 }
 
 /// One socket as sock_diag reports it.

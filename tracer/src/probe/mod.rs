@@ -370,15 +370,15 @@ impl Probe {
         Ok(())
     }
 
-    /// The socket-storage map (per-socket state), for sock_diag's
-    /// INET_DIAG_REQ_SK_BPF_STORAGES requests.
+    /// The per-socket state table (`SOCKS`: socket cookie → state), read
+    /// for the sockets sock_diag lists (`host::diag_storage`).
     pub fn socket_storage_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ProbeError> {
         let map = self
             .ebpf
             .map("SOCKS")
             .ok_or(ProbeError::MissingMap("SOCKS"))?;
         match map {
-            aya::maps::Map::SkStorage(data) => Ok(std::os::fd::AsFd::as_fd(data.fd())),
+            aya::maps::Map::HashMap(data) => Ok(std::os::fd::AsFd::as_fd(data.fd())),
             _ => Err(ProbeError::MissingMap("SOCKS")),
         }
     }
