@@ -17,6 +17,16 @@ pub const fn birth(old: u8, new: u8) -> Option<u8> {
     }
 }
 
+/// A passive birth fired inside the kernel's clone of the listener (Linux
+/// 6.1 does; later kernels set SYN_RECV once the child is filled in): the
+/// child still carries the listener's addresses (remote port 0) and its
+/// cookie, so its state is keyed by the socket's address until its next
+/// transition, which sees the child's own cookie.
+#[inline(always)]
+pub const fn birth_in_clone(old: u8, new: u8, rport: u16) -> bool {
+    old == state::LISTEN && new == state::SYN_RECV && rport == 0
+}
+
 /// A listening socket's own transitions (no peer, no per-socket state).
 #[inline(always)]
 pub const fn is_listener(old: u8, new: u8) -> bool {
@@ -190,6 +200,17 @@ mod tests {
         assert!(is_listener(state::CLOSE, state::LISTEN));
         assert!(is_listener(state::LISTEN, state::CLOSE));
         assert!(!is_listener(state::LISTEN, state::SYN_RECV));
+    }
+
+    #[test]
+    fn only_a_passive_birth_without_its_peer_is_inside_the_clone() {
+        // 6.1: the child still has the listener's addresses.
+        assert!(birth_in_clone(state::LISTEN, state::SYN_RECV, 0));
+        // 6.18: the child is filled in first.
+        assert!(!birth_in_clone(state::LISTEN, state::SYN_RECV, 41000));
+        // Only passive births are clones.
+        assert!(!birth_in_clone(state::CLOSE, state::SYN_SENT, 0));
+        assert!(!birth_in_clone(state::SYN_RECV, state::ESTABLISHED, 0));
     }
 
     #[test]

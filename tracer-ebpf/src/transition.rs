@@ -29,9 +29,14 @@ use crate::{
 /// One run's transition: the socket, the two states, the time and the ends.
 pub struct Tr {
     pub sk: *const u8,
-    /// The socket cookie (a connection's key in `SOCKS`, the id that joins
-    /// events with `ss -e` / sock_diag); 0 for a listener's own transitions.
+    /// The socket cookie (the id that joins events with `ss -e` /
+    /// sock_diag); 0 for a listener's own transitions and while it is not
+    /// the socket's own (`machine::birth_in_clone`).
     pub cookie: u64,
+    /// The connection's key in `SOCKS`: its cookie, or its address while
+    /// the cookie is not its own (kernel addresses and cookies, small
+    /// counters, never meet).
+    pub key: u64,
     pub old: u8,
     pub new: u8,
     pub now: u64,
@@ -104,13 +109,23 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let ends = sock::ends(sk, family, new == state::CLOSE);
+    let (cookie, key) = if listening {
+        (0, 0)
+    } else if machine::birth_in_clone(old, new, ends.rport) {
+        (0, sk as u64)
+    } else {
+        let c = cookie(sk);
+        (c, c)
+    };
     let t = Tr {
         sk,
-        cookie: if listening { 0 } else { cookie(sk) },
+        cookie,
+        key,
         old,
         new,
         now,
-        ends: sock::ends(sk, family, new == state::CLOSE),
+        ends,
     };
     if listening {
         listener::on_listener(stats, &t);
@@ -122,11 +137,11 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
 #[inline(never)]
 fn connection(stats: &mut Stats, t: &Tr) {
     match state_of(t) {
-        Some(st) => {
+        Some((key, st)) => {
             on_socket(stats, st, t);
             if t.new == state::CLOSE {
                 // The connection is over: its socket may be freed now.
-                let _ = SOCKS.remove(&t.cookie);
+                let _ = SOCKS.remove(&key);
             }
         }
         None => {
@@ -164,28 +179,61 @@ static ZERO_STATE: SockState = SockState {
     _pad: [0; 7],
 };
 
-/// The socket's state in `SOCKS`, created (zeroed) at its birth or first
-/// sight, never at its → CLOSE. A birth starts afresh (`BPF_ANY` replaces
-/// what a missed → CLOSE could have left); a first sight mid-life inserts
-/// only if no other CPU's run did meanwhile.
+/// The socket's key and state in `SOCKS`, created (zeroed) at its birth
+/// or first sight, never at its → CLOSE. A birth starts afresh (`BPF_ANY`
+/// replaces what a missed → CLOSE could have left); a first sight mid-life
+/// inserts only if no other CPU's run did meanwhile.
 #[inline(always)]
-fn state_of(t: &Tr) -> Option<&'static mut SockState> {
-    let birth = machine::birth(t.old, t.new).is_some();
-    if !birth {
-        if let Some(p) = SOCKS.get_ptr_mut(&t.cookie) {
-            // SAFETY: the map's value for this socket, valid for this run.
-            // Transitions of one socket are serialized by the kernel
-            // (socket lock), so no other run writes it meanwhile.
-            return Some(unsafe { &mut *p });
-        }
-        if t.new == state::CLOSE {
-            return None;
+fn state_of(t: &Tr) -> Option<(u64, &'static mut SockState)> {
+    if machine::birth(t.old, t.new).is_some() {
+        let _ = SOCKS.insert(&t.key, &ZERO_STATE, BPF_ANY as u64);
+        return lookup(t.key);
+    }
+    if let Some(found) = lookup(t.key) {
+        return Some(found);
+    }
+    if t.old == state::SYN_RECV {
+        let at = clone_birth_key(t);
+        if at != 0 {
+            return lookup(at);
         }
     }
-    let how = if birth { BPF_ANY } else { BPF_NOEXIST };
-    let _ = SOCKS.insert(&t.cookie, &ZERO_STATE, how as u64);
-    // SAFETY: as above.
-    SOCKS.get_ptr_mut(&t.cookie).map(|p| unsafe { &mut *p })
+    if t.new == state::CLOSE {
+        return None;
+    }
+    let _ = SOCKS.insert(&t.key, &ZERO_STATE, BPF_NOEXIST as u64);
+    lookup(t.key)
+}
+
+#[inline(always)]
+fn lookup(key: u64) -> Option<(u64, &'static mut SockState)> {
+    // SAFETY: the map's value for this socket, valid for this run.
+    // Transitions of one socket are serialized by the kernel (socket lock),
+    // so no other run writes it meanwhile.
+    SOCKS.get_ptr_mut(&key).map(|p| (key, unsafe { &mut *p }))
+}
+
+/// A child born inside its listener's clone kept its state under its
+/// address (`machine::birth_in_clone`): its first transition with its own
+/// cookie moves the state there (at → CLOSE it ends where it is). Returns
+/// the key the state is under now, 0 for none.
+#[inline(never)]
+fn clone_birth_key(t: &Tr) -> u64 {
+    let at = t.sk as u64;
+    let Some(p) = SOCKS.get_ptr(&at) else {
+        return 0;
+    };
+    if t.new == state::CLOSE {
+        return at;
+    }
+    // SAFETY: the map's value, valid for this run; the helper copies it.
+    let moved = SOCKS.insert(&t.key, unsafe { &*p }, BPF_ANY as u64).is_ok();
+    let _ = SOCKS.remove(&at);
+    if moved {
+        t.key
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
