@@ -496,7 +496,7 @@ pub struct ScaleRow {
     pub kernel_maps_mib: f64,
     pub inflight_missing: u64,
     /// Kernel memory charged to the tracer's cgroup while the sockets
-    /// opened (their socket-local storage), per socket; None without a
+    /// opened (their entries in the per-socket table), per socket; None without a
     /// memory controller.
     pub kernel_bytes_per_socket: Option<f64>,
 }

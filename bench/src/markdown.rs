@@ -278,7 +278,7 @@ pub fn render(r: &Results) -> String {
              processes in a fresh namespace; `tracer summary` attached before they opened). Its report counted {} \
              ESTABLISHED sockets; opening took {:.1} s, the report {:.2} s. Peak RSS of the collector: **{:.1} MiB**. \
              Kernel memory of its maps (memlock): {:.1} MiB; kernel memory charged to the tracer's cgroup while \
-             the sockets opened (their socket-local storage), per socket: {}. Sockets that lost their state \
+             the sockets opened (their entries in the per-socket table), per socket: {}. Sockets that lost their state \
              (seen mid-life at a later transition): {}.",
             thousands(sc.sockets as f64),
             thousands(sc.reported_established as f64),

@@ -215,7 +215,7 @@ pub fn loaded_program_names() -> Vec<String> {
 }
 
 /// A memory cgroup of the bench's own, to measure the kernel memory charged
-/// to the tracer: BPF map memory (socket storage included) is charged to
+/// to the tracer: BPF map memory (the per-socket table included) is charged to
 /// the cgroup of the process that created the map. cgroup v1's
 /// `memory.kmem.usage_in_bytes`, or v2's `kernel` line of `memory.stat`.
 pub struct MemCgroup {

@@ -68,7 +68,7 @@ pub static SOCKS: HashMap<u64, SockState> =
     HashMap::with_max_entries(SOCKET_SLOTS, BPF_F_NO_PREALLOC);
 
 /// A per-CPU stand-in state for a socket that has none (first seen at its
-/// → CLOSE, or no memory for its storage): kept off the 512-byte stack.
+/// → CLOSE, or no room for its state): kept off the 512-byte stack.
 #[map]
 pub static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 

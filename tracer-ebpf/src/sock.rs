@@ -57,6 +57,17 @@ pub fn ends(sk: *const u8, family: u16, closing: bool) -> Ends {
     e
 }
 
+/// The socket's address as a plain number. Copied through
+/// `bpf_probe_read_kernel` so the verifier tracks a scalar, not a pointer:
+/// a pointer-typed map key would keep its states apart from the cookie
+/// paths' and double what it explores.
+#[inline(always)]
+pub fn address(sk: *const u8) -> u64 {
+    let at = &sk as *const *const u8 as *const u64;
+    // SAFETY: reads the 8 bytes of the local `sk` on this program's stack.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at) }.unwrap_or(0)
+}
+
 #[inline(always)]
 pub fn protocol(sk: *const u8) -> u16 {
     // SAFETY: as above.

@@ -1,4 +1,4 @@
-//! A transition of a connection's socket: its storage, verdict, counters,
+//! A transition of a connection's socket: its state, verdict, counters,
 //! histograms, flow row and event.
 
 use core::ffi::c_void;
@@ -113,7 +113,7 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
     let (cookie, key) = if listening {
         (0, 0)
     } else if machine::birth_in_clone(old, new, ends.rport) {
-        (0, sk as u64)
+        (0, sock::address(sk))
     } else {
         let c = cookie(sk);
         (c, c)
@@ -219,7 +219,7 @@ fn lookup(key: u64) -> Option<(u64, &'static mut SockState)> {
 /// the key the state is under now, 0 for none.
 #[inline(never)]
 fn clone_birth_key(t: &Tr) -> u64 {
-    let at = t.sk as u64;
+    let at = sock::address(t.sk);
     let Some(p) = SOCKS.get_ptr(&at) else {
         return 0;
     };

@@ -345,7 +345,8 @@ pub struct Health {
     /// Sockets first seen mid-life (older than the tracer): their handshake
     /// latency / time-in-state is unknown; their transitions count.
     pub inflight_missing: u64,
-    /// Socket storage that could not be created (kernel memory).
+    /// Connections that found no room for their per-socket state (the
+    /// table full, or no kernel memory).
     pub inflight_insert_failed: u64,
     /// Connections that found the flow table full: in the totals and in the
     /// `other` row, not in a row of their own.
@@ -391,7 +392,7 @@ impl Health {
             ),
             (
                 "inflight_insert_failures",
-                "Socket storage creations that failed",
+                "Connections that found no room for their per-socket state",
                 self.inflight_insert_failed,
             ),
             (

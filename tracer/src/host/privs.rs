@@ -10,10 +10,8 @@
 //!   without it (kernels before 6.5 with `kernel.unprivileged_bpf_disabled`
 //!   checked every bpf() call; 6.5 and later check map creation and program
 //!   loads only). Found out by trying, not by version.
-//! - summary, serve (and top, record): CAP_BPF, for the CLOSE_WAIT ages: they
-//!   come from sock_diag's socket-storage attribute
-//!   (`INET_DIAG_REQ_SK_BPF_STORAGES`), which the kernel answers only for a
-//!   caller with CAP_BPF (`bpf_sk_storage_diag_alloc`).
+//!   The CLOSE_WAIT and connect ages are such reads too (the program's
+//!   per-socket table, looked up by the cookies sock_diag lists).
 //! - summary, serve (and top, record): CAP_SYS_ADMIN and CAP_SYS_PTRACE, when
 //!   the tracer has them, to read every network namespace's population at
 //!   each report or scrape: setns(2) into a namespace needs CAP_SYS_ADMIN,
@@ -40,15 +38,10 @@ use caps::{CapSet, Capability, CapsHashSet};
 pub fn wanted(mode: Mode) -> CapsHashSet {
     match mode {
         Mode::Events => CapsHashSet::new(),
-        Mode::Serve => [
-            Capability::CAP_BPF,
-            Capability::CAP_SYS_ADMIN,
-            Capability::CAP_SYS_PTRACE,
-        ]
-        .into_iter()
-        .collect(),
+        Mode::Serve => [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE]
+            .into_iter()
+            .collect(),
         Mode::Summary => [
-            Capability::CAP_BPF,
             Capability::CAP_SYS_ADMIN,
             Capability::CAP_SYS_PTRACE,
             Capability::CAP_DAC_READ_SEARCH,
@@ -167,11 +160,11 @@ mod tests {
         assert!(wanted(Mode::Events).is_empty());
         assert_eq!(
             describe(&wanted(Mode::Serve)),
-            "CAP_BPF CAP_SYS_ADMIN CAP_SYS_PTRACE"
+            "CAP_SYS_ADMIN CAP_SYS_PTRACE"
         );
         assert_eq!(
             describe(&wanted(Mode::Summary)),
-            "CAP_BPF CAP_DAC_READ_SEARCH CAP_SYS_ADMIN CAP_SYS_PTRACE"
+            "CAP_DAC_READ_SEARCH CAP_SYS_ADMIN CAP_SYS_PTRACE"
         );
         assert_eq!(describe(&CapsHashSet::new()), "none");
     }

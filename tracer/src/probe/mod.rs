@@ -77,8 +77,8 @@ pub enum ProbeError {
     Program(#[from] aya::programs::ProgramError),
     #[error(
         "the kernel (Linux {kernel}) refused the tracer's program{hint}. The verifier said:\n{tail}\n\
-         (the tracer needs Linux >= 5.12 with BTF: tp_btf, the BPF ring buffer, socket \
-         storage and bpf_get_socket_cookie from tracing programs; `tracer check` reports each mode)"
+         (the tracer needs Linux >= 5.12 with BTF: tp_btf, the BPF ring buffer and \
+         bpf_get_socket_cookie from tracing programs; `tracer check` reports each mode)"
     )]
     Rejected {
         kernel: String,
