@@ -3,18 +3,21 @@
 //! TIME_WAIT sockets are invisible to the tracepoint once created (nothing
 //! fires when they expire), so the current population can only come from here.
 
-use std::net::IpAddr;
-
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+use std::{
+    net::IpAddr,
+    os::fd::{AsRawFd as _, BorrowedFd},
 };
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    inet::{nlas::Nla, ExtensionFlags, InetResponse, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
-use tracer_common::state;
+use tracer_common::{state, SockState};
+
+use crate::host::diag_storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {
@@ -75,7 +78,7 @@ pub fn dump(state_mask: u32) -> Result<Vec<DiagSocket>, DiagError> {
 /// tallied without holding a million records.
 pub fn dump_each(state_mask: u32, mut f: impl FnMut(DiagSocket)) -> Result<(), DiagError> {
     for family in [AF_INET, AF_INET6] {
-        dump_family(family, state_mask, ExtensionFlags::empty(), &mut |r| {
+        dump_family(&request(family, state_mask, 0, None), &mut |r| {
             f(socket_of(r))
         })?;
     }
@@ -83,7 +86,7 @@ pub fn dump_each(state_mask: u32, mut f: impl FnMut(DiagSocket)) -> Result<(), D
 }
 
 /// A socket with the queue and retransmit figures listeners and connects
-/// in flight are reported with.
+/// in flight are reported with, and the kernel side's state of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagDetail {
     pub socket: DiagSocket,
@@ -99,22 +102,37 @@ pub struct DiagDetail {
     pub retransmits: u8,
     /// When that timer fires next, ms.
     pub timer_ms: Option<u64>,
+    /// The socket's value in the kernel side's socket storage, when it was
+    /// asked for and the socket has one (full sockets only: never TIME_WAIT).
+    pub storage: Option<SockState>,
 }
 
-/// Sockets in the given states with `DiagDetail`'s figures, this namespace.
-pub fn dump_detail(state_mask: u32) -> Result<Vec<DiagDetail>, DiagError> {
-    let mut out = Vec::new();
+/// Like `dump_each`, with `DiagDetail`'s figures: one walk of the kernel's
+/// tables per family yields the population and every detail of it. With
+/// `storage` (the kernel side's socket-storage map) each socket's value in
+/// it comes along (sock_diag answers it in the namespace it is asked in).
+pub fn dump_detail_each(
+    state_mask: u32,
+    storage: Option<BorrowedFd<'_>>,
+    mut f: impl FnMut(DiagDetail),
+) -> Result<(), DiagError> {
+    let map_fd = storage.map(|fd| fd.as_raw_fd() as u32);
+    let ext = ExtensionFlags::SKMEMINFO.bits();
     for family in [AF_INET, AF_INET6] {
-        dump_family(family, state_mask, ExtensionFlags::SKMEMINFO, &mut |r| {
-            out.push(detail_of(r))
+        dump_family(&request(family, state_mask, ext, map_fd), &mut |r| {
+            f(detail_of(r))
         })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn detail_of(r: &InetResponse) -> DiagDetail {
     let drops = r.nlas.iter().find_map(|n| match n {
         Nla::MemInfo(m) => Some(m.drops),
+        _ => None,
+    });
+    let storage = r.nlas.iter().find_map(|n| match n {
+        Nla::Other(a) => diag_storage::state_of(a),
         _ => None,
     });
     let (retransmits, timer_ms) = match &r.header.timer {
@@ -128,6 +146,7 @@ fn detail_of(r: &InetResponse) -> DiagDetail {
         drops: drops.unwrap_or(0),
         retransmits,
         timer_ms,
+        storage,
     }
 }
 
@@ -145,37 +164,35 @@ fn socket_of(r: &InetResponse) -> DiagSocket {
     }
 }
 
-fn dump_family(
-    family: u8,
-    state_mask: u32,
-    extensions: ExtensionFlags,
-    out: &mut impl FnMut(&InetResponse),
-) -> Result<(), DiagError> {
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// sizeof(struct inet_diag_req_v2).
+const REQ_LEN: usize = 56;
+
+/// An inet_diag_req_v2 dump request for TCP sockets of `family` in
+/// `state_mask`, with the `ext` extensions (INET_DIAG_* bits) and, with
+/// `map_fd`, the socket-storage attribute naming that map. Framed here
+/// because netlink-packet-sock-diag has no request attributes.
+fn request(family: u8, state_mask: u32, ext: u8, map_fd: Option<u32>) -> Vec<u8> {
+    let attr = map_fd.map(diag_storage::request_attribute);
+    let attr = attr.as_ref().map_or(&[][..], |a| &a[..]);
+    let len = 16 + REQ_LEN + attr.len();
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&[0; 8]); // seq, pid
+    b.extend_from_slice(&[family, IPPROTO_TCP, ext, 0]);
+    b.extend_from_slice(&state_mask.to_ne_bytes());
+    b.extend_from_slice(&[0; 48]); // inet_diag_sockid: any socket
+    b.extend_from_slice(attr);
+    b
+}
+
+fn dump_family(request: &[u8], out: &mut impl FnMut(&InetResponse)) -> Result<(), DiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut req = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions,
-            states: StateFlags::from_bits_retain(state_mask),
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    req.finalize();
-    let mut buf = vec![0; req.buffer_len()];
-    req.serialize(&mut buf);
-    socket.send(&buf, 0)?;
+    socket.send(request, 0)?;
 
     let mut rx = vec![0u8; 1 << 16];
     loop {

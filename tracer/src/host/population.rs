@@ -3,13 +3,23 @@
 //! other one through sock_diag inside it (setns) or, without the privilege
 //! for that, its /proc/PID/net/tcp{,6}. What could not be read is listed in
 //! the coverage, never skipped silently.
+//!
+//! The same sock_diag dump (one per family and namespace: each walks the
+//! kernel's whole established hash, shared by every namespace, so it is
+//! the cost of a report) also yields the listening and connecting sockets
+//! with their queue figures and the kernel side's socket storage, for the
+//! listeners, the connects in flight and the CLOSE_WAIT ages.
+
+use std::{collections::HashMap, os::fd::BorrowedFd};
+
+use tracer_common::{state, SockState};
 
 use crate::{
     filter::FilterSpec,
     host::cgroup,
-    host::diag,
-    host::diag::DiagSocket,
+    host::diag::{self, DiagDetail, DiagError, DiagSocket},
     host::kube,
+    host::listeners::{self, ListenSysctls},
     host::netns::{self, EnterError, Namespace},
     report::{Coverage, NamespaceMeta, SocketTally, Sysctls, Unreadable},
 };
@@ -30,38 +40,59 @@ pub fn namespaces(filter: &FilterSpec) -> anyhow::Result<netns::Discovery> {
     Ok(d)
 }
 
-/// Read every namespace of `d` into `tally` (sockets matching `filter`).
-/// The own namespace's sock_diag failing is an error; any other namespace
-/// failing is reported in the coverage.
+/// What a report reads of the namespaces besides their population.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub namespaces: Vec<NamespaceMeta>,
+    pub coverage: Coverage,
+    /// The namespaces read through sock_diag, with their listening and
+    /// connecting sockets.
+    pub listen: Vec<listeners::Namespace>,
+    /// The kernel side's state of the CLOSE_WAIT sockets read with the
+    /// socket storage, by cookie (cookies are unique host-wide).
+    pub close_wait_states: HashMap<u64, SockState>,
+}
+
+/// Read every namespace of `d` into `tally` (sockets matching `filter`),
+/// with `storage` (the kernel side's socket-storage map) for the sockets'
+/// kernel-side state. The own namespace's sock_diag failing is an error;
+/// any other namespace failing is reported in the coverage.
 pub fn read_all(
     d: &netns::Discovery,
     filter: &FilterSpec,
     own_sysctls: &Sysctls,
+    storage: Option<BorrowedFd<'_>>,
     tally: &mut SocketTally,
-) -> anyhow::Result<(Vec<NamespaceMeta>, Coverage)> {
-    let mut cov = Coverage {
-        own_netns: d.own,
-        found: d.namespaces.len() as u64,
-        processes_denied: d.processes_denied,
+) -> anyhow::Result<Read> {
+    let mut out = Read {
+        coverage: Coverage {
+            own_netns: d.own,
+            found: d.namespaces.len() as u64,
+            processes_denied: d.processes_denied,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let mut metas = Vec::new();
     let names = kube::Names::read(std::path::Path::new(kube::LOG_ROOT));
+    let cov = &mut out.coverage;
     for ns in &d.namespaces {
         let read = if ns.inode == d.own {
-            read_own(ns.inode, filter, own_sysctls, tally).map(|()| "own")
+            let range = own_sysctls.ip_local_port_range;
+            read_diag(ns.inode, range, filter, storage, tally)
+                .map(|r| ("own", Some(r)))
+                .map_err(|e| ReadError::Own(e.into()))
         } else {
-            read_other(ns, filter, tally)
+            read_other(ns, filter, storage, tally)
         };
         match read {
-            Ok(via) => {
+            Ok((via, diag)) => {
                 cov.read += 1;
                 match via {
                     "setns" => cov.via_setns += 1,
                     "proc" => cov.via_proc += 1,
                     _ => {}
                 }
-                metas.push(NamespaceMeta {
+                out.namespaces.push(NamespaceMeta {
                     netns: ns.inode,
                     names: ns.names.clone(),
                     pid: ns.pid,
@@ -71,6 +102,10 @@ pub fn read_all(
                         .map(|w| names.name(w)),
                     read_via: via,
                 });
+                if let Some(r) = diag {
+                    out.close_wait_states.extend(r.close_wait_states);
+                    out.listen.push(r.listen);
+                }
             }
             Err(ReadError::Own(e)) => return Err(e),
             Err(ReadError::Ns(EnterError::Vanished)) => cov.vanished += 1,
@@ -83,7 +118,7 @@ pub fn read_all(
         }
     }
     cov.complete = cov.unreadable.is_empty() && cov.processes_denied == 0;
-    Ok((metas, cov))
+    Ok(out)
 }
 
 enum ReadError {
@@ -91,15 +126,77 @@ enum ReadError {
     Ns(EnterError),
 }
 
-fn read_own(
-    inode: u32,
+/// What one namespace's sock_diag dump yields besides its population.
+struct DiagRead {
+    listen: listeners::Namespace,
+    close_wait_states: HashMap<u64, SockState>,
+}
+
+/// The states one dump asks for: the population's and LISTEN.
+fn dump_states() -> u32 {
+    diag::population_states() | listeners::states()
+}
+
+/// The calling thread's namespace (`netns`, whose port range is `range`)
+/// through sock_diag: its population into `tally`, the rest returned. When
+/// the kernel refuses the storage (no CAP_BPF), it is read again without:
+/// that costs the ages only. A read that fails leaves nothing in the tally.
+fn read_diag(
+    netns: u32,
+    range: (u16, u16),
     filter: &FilterSpec,
-    sysctls: &Sysctls,
+    storage: Option<BorrowedFd<'_>>,
     tally: &mut SocketTally,
-) -> Result<(), ReadError> {
-    tally.begin_namespace(inode, Some(sysctls.ip_local_port_range));
-    diag::dump_each(diag::population_states(), |s| add(filter, tally, &s))
-        .map_err(|e| ReadError::Own(e.into()))
+) -> Result<DiagRead, DiagError> {
+    let got = match dump_one(netns, range, filter, storage, tally) {
+        Err(DiagError::Kernel(e)) if storage.is_some() => {
+            log::debug!("socket storage in netns {netns} refused ({e}): no ages there");
+            tally.forget_namespace(netns);
+            dump_one(netns, range, filter, None, tally)
+        }
+        other => other,
+    };
+    if got.is_err() {
+        tally.forget_namespace(netns);
+    }
+    got
+}
+
+fn dump_one(
+    netns: u32,
+    range: (u16, u16),
+    filter: &FilterSpec,
+    storage: Option<BorrowedFd<'_>>,
+    tally: &mut SocketTally,
+) -> Result<DiagRead, DiagError> {
+    tally.begin_namespace(netns, Some(range));
+    let mut out = DiagRead {
+        listen: listeners::Namespace {
+            netns,
+            sockets: Vec::new(),
+            sysctls: ListenSysctls::read(),
+        },
+        close_wait_states: HashMap::new(),
+    };
+    diag::dump_detail_each(dump_states(), storage, |d| out.add(filter, tally, d))?;
+    Ok(out)
+}
+
+impl DiagRead {
+    /// One socket of the dump: each state to whoever reads it.
+    fn add(&mut self, filter: &FilterSpec, tally: &mut SocketTally, d: DiagDetail) {
+        let s = &d.socket;
+        if diag::population_states() & (1 << s.state) != 0 {
+            add(filter, tally, s);
+        }
+        match (s.state, d.storage) {
+            (state::CLOSE_WAIT, Some(st)) => {
+                self.close_wait_states.insert(s.cookie, st);
+            }
+            (state::LISTEN | state::SYN_SENT, _) => self.listen.sockets.push(d),
+            _ => {}
+        }
+    }
 }
 
 fn add(filter: &FilterSpec, tally: &mut SocketTally, s: &DiagSocket) {
@@ -109,19 +206,20 @@ fn add(filter: &FilterSpec, tally: &mut SocketTally, s: &DiagSocket) {
 }
 
 /// sock_diag inside the namespace; /proc/PID/net when entering is not
-/// permitted. A read that fails half-way leaves nothing in the tally.
+/// permitted (then only the population: no cookies, queues or sysctls).
+/// A read that fails half-way leaves nothing in the tally.
 fn read_other(
     ns: &Namespace,
     filter: &FilterSpec,
+    storage: Option<BorrowedFd<'_>>,
     tally: &mut SocketTally,
-) -> Result<&'static str, ReadError> {
+) -> Result<(&'static str, Option<DiagRead>), ReadError> {
     let entered = netns::within(ns, || {
         let range = Sysctls::read().ip_local_port_range;
-        tally.begin_namespace(ns.inode, Some(range));
-        diag::dump_each(diag::population_states(), |s| add(filter, tally, &s))
+        read_diag(ns.inode, range, filter, storage, tally)
     });
     let err = match entered {
-        Ok(Ok(())) => return Ok("setns"),
+        Ok(Ok(r)) => return Ok(("setns", Some(r))),
         Ok(Err(e)) => EnterError::Other(format!("sock_diag inside the namespace: {e}")),
         Err(e) => e,
     };
@@ -132,7 +230,7 @@ fn read_other(
     tally.begin_namespace(ns.inode, None);
     match netns::proc_sockets(pid, diag::population_states(), |s| add(filter, tally, &s)) {
         // The pid may have moved on: make sure it is still in the namespace.
-        Ok(()) if still_in(pid, ns.inode) => Ok("proc"),
+        Ok(()) if still_in(pid, ns.inode) => Ok(("proc", None)),
         Ok(()) => {
             tally.forget_namespace(ns.inode);
             Err(ReadError::Ns(EnterError::Vanished))
