@@ -426,11 +426,16 @@ fn listener_events(out: &str, event: &str, local: &str, netns: &str) -> Vec<u16>
 /// The accept queue of the listener on `port`, from sock_diag in the
 /// calling thread's namespace.
 fn queue_len(port: u16) -> u32 {
-    tracer::host::diag::dump_detail(tracer::host::diag::states(&[tracer_common::state::LISTEN]))
-        .unwrap()
-        .iter()
-        .find(|d| d.socket.sport == port)
-        .map_or(0, |d| d.recv_queue)
+    let mut queue = 0;
+    let listen = tracer::host::diag::states(&[tracer_common::state::LISTEN]);
+    let none = tracer::host::diag::ExtensionFlags::empty();
+    tracer::host::diag::dump_detail_each(listen, none, |d| {
+        if d.socket.sport == port {
+            queue = d.recv_queue;
+        }
+    })
+    .unwrap();
+    queue
 }
 
 /// A listener with backlog 4 and 4 connections in its queue; two more

@@ -25,7 +25,7 @@ use tracer_common::{flag, state};
 
 use crate::{
     filter::FilterSpec,
-    host::{cgroup, diag, diag::DiagSocket, diag_storage, listeners, netns, population, procs},
+    host::{cgroup, diag, diag::DiagSocket, listeners, netns, population, procs},
     model::Snapshot,
     probe::{Probe, ProbeOptions},
     report::{CloseWaitLeak, Summary},
@@ -164,20 +164,28 @@ impl Tracer {
         // Streamed into the tally: no list of every socket on the host.
         let mut tally = report::SocketTally::new(snap, sysctls.ip_local_port_range);
         let found = population::namespaces(&self.filter)?;
-        let (namespaces, coverage) =
-            population::read_all(&found, &self.filter, &sysctls, &mut tally)?;
+        let socks = self.probe.socket_table_fd();
+        let read = population::read_all(
+            &found,
+            &self.filter,
+            &sysctls,
+            socks.as_ref().ok().copied(),
+            &mut tally,
+        )?;
         let now_ns = monotonic_ns();
-        let storage = self.probe.socket_storage_fd().ok();
-        let mut listen = listeners::read(&found, &self.filter, storage, now_ns);
+        let mut listen = listeners::of(&read.listen, &self.filter, now_ns);
         listeners::add_kernel_stats(
             &mut listen,
             &snap.listener_stats,
             snap.counter(tracer_common::counter::SYNACK_RETRANSMITS),
         );
+        if let (Err(e), false) = (&socks, tally.close_wait.is_empty()) {
+            log::warn!("CLOSE_WAIT ages unavailable (the per-socket table): {e:#}");
+        }
         let mut cgroups = cgroup::Resolver::new();
         let leaks = self.close_wait_leaks(
-            &found,
             &tally.close_wait,
+            &read.close_wait_states,
             now_ns,
             opts.close_wait_threshold,
             opts.owners.then_some(&mut cgroups),
@@ -199,8 +207,8 @@ impl Tracer {
             close_wait_threshold_s: opts.close_wait_threshold.as_secs_f64(),
             now_sec: now_ns / 1_000_000_000,
             cgroup_paths,
-            namespaces,
-            coverage,
+            namespaces: read.namespaces,
+            coverage: read.coverage,
             listen,
         })
     }
@@ -208,24 +216,21 @@ impl Tracer {
     /// CLOSE_WAIT sockets older than `threshold`, oldest first. The age comes
     /// from the kernel side's time of the ESTABLISHED → CLOSE_WAIT transition;
     /// for sockets that entered CLOSE_WAIT before the tracer started it is
-    /// the tracer's uptime, a lower bound. The owner is the process holding
-    /// the socket's fd now (/proc), else the one the kernel side captured;
-    /// without `cgroups` (owners not wanted) only the captured one, no paths.
+    /// the tracer's uptime, a lower bound (also where `states`, the kernel
+    /// side's state by cookie, has none: a namespace read without cookies).
+    /// The owner is the process holding the socket's fd now (/proc), else
+    /// the one the kernel side captured; without `cgroups` (owners not
+    /// wanted) only the captured one, no paths.
     fn close_wait_leaks(
         &self,
-        namespaces: &netns::Discovery,
         sockets: &[(u32, DiagSocket)],
+        states: &std::collections::HashMap<u64, tracer_common::SockState>,
         now_ns: u64,
         threshold: std::time::Duration,
         mut cgroups: Option<&mut cgroup::Resolver>,
     ) -> anyhow::Result<Vec<CloseWaitLeak>> {
         let uptime_ns = self.started.elapsed().as_nanos() as u64;
         let mut old = Vec::new();
-        let states = if sockets.iter().any(|(_, s)| s.state == state::CLOSE_WAIT) {
-            self.close_wait_states(namespaces, sockets)
-        } else {
-            Default::default()
-        };
         for (netns, s) in sockets.iter().filter(|(_, s)| s.state == state::CLOSE_WAIT) {
             let st = states.get(&s.cookie).copied();
             let (age_ns, exact) = match st {
@@ -271,48 +276,6 @@ impl Tracer {
             .collect();
         leaks.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.local.cmp(&b.local)));
         Ok(leaks)
-    }
-}
-
-impl Tracer {
-    /// The kernel side's state of the CLOSE_WAIT sockets of every namespace
-    /// that has some, by cookie (cookies are unique host-wide). sock_diag
-    /// returns it in the namespace it is asked in, so other namespaces are
-    /// asked from inside (setns); where that fails (no CAP_SYS_ADMIN: the
-    /// /proc road has no cookies anyway) the ages are lower bounds.
-    fn close_wait_states(
-        &self,
-        found: &netns::Discovery,
-        sockets: &[(u32, DiagSocket)],
-    ) -> std::collections::HashMap<u64, tracer_common::SockState> {
-        let mut out = std::collections::HashMap::new();
-        let fd = match self.probe.socket_storage_fd() {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::warn!("CLOSE_WAIT ages unavailable (socket storage map): {e:#}");
-                return out;
-            }
-        };
-        let mask = diag::states(&[state::CLOSE_WAIT]);
-        let wanted: std::collections::BTreeSet<u32> = sockets.iter().map(|(n, _)| *n).collect();
-        for ns in found
-            .namespaces
-            .iter()
-            .filter(|n| wanted.contains(&n.inode))
-        {
-            let got = if ns.inode == found.own {
-                diag_storage::states_by_cookie(fd, mask).map_err(anyhow::Error::from)
-            } else {
-                netns::within(ns, || diag_storage::states_by_cookie(fd, mask))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| Ok(r?))
-            };
-            match got {
-                Ok(m) => out.extend(m),
-                Err(e) => log::debug!("CLOSE_WAIT ages in netns {}: {e:#}", ns.inode),
-            }
-        }
-        out
     }
 }
 

@@ -10,11 +10,14 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    inet::{nlas::Nla, InetRequest, InetResponse, SocketId, StateFlags, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
-use tracer_common::state;
+use tracer_common::{state, SockState};
+
+/// The INET_DIAG_* attributes a dump asks for (`dump_detail_each`).
+pub use netlink_packet_sock_diag::inet::ExtensionFlags;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {
@@ -85,7 +88,7 @@ pub fn dump_each(state_mask: u32, mut f: impl FnMut(DiagSocket)) -> Result<(), D
 }
 
 /// A socket with the queue and retransmit figures listeners and connects
-/// in flight are reported with.
+/// in flight are reported with, and the kernel side's state of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagDetail {
     pub socket: DiagSocket,
@@ -101,17 +104,22 @@ pub struct DiagDetail {
     pub retransmits: u8,
     /// When that timer fires next, ms.
     pub timer_ms: Option<u64>,
+    /// The kernel side's state of the socket (`SOCKS`, by cookie), where it
+    /// was looked up and the socket has one (SYN_SENT: connect ages).
+    pub kernel_state: Option<SockState>,
 }
 
-/// Sockets in the given states with `DiagDetail`'s figures, this namespace.
-pub fn dump_detail(state_mask: u32) -> Result<Vec<DiagDetail>, DiagError> {
-    let mut out = Vec::new();
+/// Like `dump_each`, with `DiagDetail`'s figures (`extensions`: the
+/// INET_DIAG_* attributes to ask for, SKMEMINFO for `drops`).
+pub fn dump_detail_each(
+    state_mask: u32,
+    extensions: ExtensionFlags,
+    mut f: impl FnMut(DiagDetail),
+) -> Result<(), DiagError> {
     for family in [AF_INET, AF_INET6] {
-        dump_family(family, state_mask, ExtensionFlags::SKMEMINFO, &mut |r| {
-            out.push(detail_of(r))
-        })?;
+        dump_family(family, state_mask, extensions.clone(), &mut |r| f(detail_of(r)))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn detail_of(r: &InetResponse) -> DiagDetail {
@@ -130,6 +138,7 @@ fn detail_of(r: &InetResponse) -> DiagDetail {
         drops: drops.unwrap_or(0),
         retransmits,
         timer_ms,
+        kernel_state: None,
     }
 }
 

@@ -1,25 +1,24 @@
-//! The kernel side's per-socket state of sockets in given states: sock_diag
-//! lists the sockets of this namespace (with their cookies), and the
-//! program's `SOCKS` table (socket cookie → `SockState`) is read for each.
-//! This is how a CLOSE_WAIT or SYN_SENT socket's age is known exactly.
+//! The kernel side's per-socket state of the sockets sock_diag listed: the
+//! program's `SOCKS` table (socket cookie → `SockState`) is read for each
+//! cookie. This is how a CLOSE_WAIT or SYN_SENT socket's age is known
+//! exactly. The map is read through its open fd, from any namespace.
 
 use std::{collections::HashMap, os::fd::BorrowedFd};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use tracer_common::SockState;
 
-use crate::host::diag::{self, DiagError};
+use crate::host::diag::DiagError;
 
-/// Socket cookie → the program's state for every TCP socket in
-/// `state_mask` that has one (sockets the program has not seen have none).
-pub fn states_by_cookie(
+/// Cookie → the program's state, for each of `cookies` that has one
+/// (sockets the program has not seen have none).
+pub fn states_of(
     map_fd: BorrowedFd<'_>,
-    state_mask: u32,
+    cookies: impl IntoIterator<Item = u64>,
 ) -> Result<HashMap<u64, SockState>, DiagError> {
-    let mut cookies = Vec::new();
-    diag::dump_each(state_mask, |s| cookies.push(s.cookie))?;
+    let mut cookies = cookies.into_iter().peekable();
     let mut out = HashMap::new();
-    if cookies.is_empty() {
+    if cookies.peek().is_none() {
         return Ok(out);
     }
     let table = open(map_fd)?;
@@ -32,7 +31,6 @@ pub fn states_by_cookie(
 }
 
 fn open(fd: BorrowedFd<'_>) -> Result<BpfHashMap<MapData, u64, SockState>, DiagError> {
-    let owned = fd.try_clone_to_owned()?;
-    let data = MapData::from_fd(owned)?;
+    let data = MapData::from_fd(fd.try_clone_to_owned()?)?;
     Ok(BpfHashMap::try_from(Map::HashMap(data))?)
 }

@@ -9,10 +9,7 @@
 //! - SYN_SENT sockets grouped per (namespace, destination), with the SYNs
 //!   retransmitted so far (the retransmit timer's count).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    os::fd::BorrowedFd,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{state, ListenerKey, ListenerStats};
@@ -20,8 +17,6 @@ use tracer_common::{state, ListenerKey, ListenerStats};
 use crate::{
     filter::FilterSpec,
     host::diag::{self, DiagDetail},
-    host::diag_storage,
-    host::netns,
     host::procs,
     model,
 };
@@ -252,59 +247,45 @@ pub fn states() -> u32 {
     diag::states(&[state::LISTEN, state::SYN_SENT])
 }
 
-/// Read every namespace of `d` (the own one directly, others from inside);
-/// namespaces that cannot be entered are already in the population's
-/// coverage and contribute no rows here.
-/// `storage` is the kernel side's socket storage map (for connect ages),
-/// `now_ns` CLOCK_MONOTONIC.
-pub fn read(
-    d: &netns::Discovery,
-    f: &FilterSpec,
-    storage: Option<BorrowedFd<'_>>,
-    now_ns: u64,
-) -> Listeners {
+/// One namespace's share of the population's sock_diag dump (see
+/// `population::read_all`): its sockets in `states()`, with the kernel
+/// side's state where it was readable, and its queue sysctls.
+#[derive(Clone, Debug, Default)]
+pub struct Namespace {
+    pub netns: u32,
+    pub sockets: Vec<DiagDetail>,
+    pub sysctls: ListenSysctls,
+}
+
+/// The listeners and connects in flight of the namespaces read through
+/// sock_diag; those that could not be (already in the population's
+/// coverage) contribute no rows. `now_ns` is CLOCK_MONOTONIC.
+pub fn of(read: &[Namespace], f: &FilterSpec, now_ns: u64) -> Listeners {
     let mut out = Listeners::default();
-    let one = || -> Result<_, diag::DiagError> {
-        let sockets = diag::dump_detail(states())?;
-        Ok((sockets, ListenSysctls::read(), ages(storage, now_ns)))
-    };
-    for ns in &d.namespaces {
-        let got = if ns.inode == d.own {
-            Ok(one())
-        } else {
-            netns::within(ns, one)
-        };
-        match got {
-            Ok(Ok((sockets, sysctls, ages))) => {
-                add_namespace(&mut out, ns.inode, &sockets, &ages, f);
-                out.listen_sysctls.insert(ns.inode, sysctls);
-            }
-            Ok(Err(e)) => log::debug!("listeners in netns {}: {e}", ns.inode),
-            Err(e) => log::debug!("listeners in netns {}: {e}", ns.inode),
-        }
+    for ns in read {
+        add_namespace(
+            &mut out,
+            ns.netns,
+            &ns.sockets,
+            &ages(&ns.sockets, now_ns),
+            f,
+        );
+        out.listen_sysctls.insert(ns.netns, ns.sysctls.clone());
     }
     resolve_owners(&mut out.listeners);
     sort(&mut out);
     out
 }
 
-/// Ages of this namespace's SYN_SENT sockets (sock_diag answers with the
-/// storage of the namespace it is asked in). A failure costs the ages only.
-fn ages(storage: Option<BorrowedFd<'_>>, now_ns: u64) -> Ages {
-    let Some(fd) = storage else {
-        return Ages::new();
-    };
-    match diag_storage::states_by_cookie(fd, diag::states(&[state::SYN_SENT])) {
-        Ok(m) => m
-            .into_iter()
-            .filter(|(_, st)| st.ts_birth != 0)
-            .map(|(c, st)| (c, now_ns.saturating_sub(st.ts_birth)))
-            .collect(),
-        Err(e) => {
-            log::debug!("connect ages: {e}");
-            Ages::new()
-        }
-    }
+/// Ages of the connects whose birth the kernel side saw.
+fn ages(sockets: &[DiagDetail], now_ns: u64) -> Ages {
+    sockets
+        .iter()
+        .filter(|d| d.socket.state == state::SYN_SENT)
+        .filter_map(|d| Some((d.socket.cookie, d.kernel_state?.ts_birth)))
+        .filter(|(_, birth)| *birth != 0)
+        .map(|(c, birth)| (c, now_ns.saturating_sub(birth)))
+        .collect()
 }
 
 fn resolve_owners(rows: &mut [ListenerRow]) {
@@ -417,6 +398,7 @@ mod tests {
             drops: q.2,
             retransmits: retrans,
             timer_ms: Some(1000 + u64::from(sport)),
+            kernel_state: None,
         }
     }
 

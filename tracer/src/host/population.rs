@@ -3,13 +3,25 @@
 //! other one through sock_diag inside it (setns) or, without the privilege
 //! for that, its /proc/PID/net/tcp{,6}. What could not be read is listed in
 //! the coverage, never skipped silently.
+//!
+//! The same sock_diag dump (one per family and namespace: each walks the
+//! kernel's whole established hash, shared by every namespace, so it is
+//! the cost of a report) also yields the connecting and CLOSE_WAIT sockets,
+//! whose kernel-side state (by cookie) gives the connect and CLOSE_WAIT
+//! ages; a LISTEN-only dump (no established-hash walk) gives the listeners
+//! with their queue figures.
+
+use std::{collections::HashMap, os::fd::BorrowedFd};
+
+use tracer_common::{state, SockState};
 
 use crate::{
     filter::FilterSpec,
     host::cgroup,
-    host::diag,
-    host::diag::DiagSocket,
+    host::diag::{self, DiagDetail, DiagError, DiagSocket, ExtensionFlags},
+    host::diag_storage,
     host::kube,
+    host::listeners::{self, ListenSysctls},
     host::netns::{self, EnterError, Namespace},
     report::{Coverage, NamespaceMeta, SocketTally, Sysctls, Unreadable},
 };
@@ -30,38 +42,59 @@ pub fn namespaces(filter: &FilterSpec) -> anyhow::Result<netns::Discovery> {
     Ok(d)
 }
 
-/// Read every namespace of `d` into `tally` (sockets matching `filter`).
-/// The own namespace's sock_diag failing is an error; any other namespace
-/// failing is reported in the coverage.
+/// What a report reads of the namespaces besides their population.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub namespaces: Vec<NamespaceMeta>,
+    pub coverage: Coverage,
+    /// The namespaces read through sock_diag, with their listening and
+    /// connecting sockets.
+    pub listen: Vec<listeners::Namespace>,
+    /// The kernel side's state of the CLOSE_WAIT sockets, by cookie
+    /// (cookies are unique host-wide).
+    pub close_wait_states: HashMap<u64, SockState>,
+}
+
+/// Read every namespace of `d` into `tally` (sockets matching `filter`),
+/// with `socks` (the kernel side's per-socket table) for the sockets'
+/// kernel-side state. The own namespace's sock_diag failing is an error;
+/// any other namespace failing is reported in the coverage.
 pub fn read_all(
     d: &netns::Discovery,
     filter: &FilterSpec,
     own_sysctls: &Sysctls,
+    socks: Option<BorrowedFd<'_>>,
     tally: &mut SocketTally,
-) -> anyhow::Result<(Vec<NamespaceMeta>, Coverage)> {
-    let mut cov = Coverage {
-        own_netns: d.own,
-        found: d.namespaces.len() as u64,
-        processes_denied: d.processes_denied,
+) -> anyhow::Result<Read> {
+    let mut out = Read {
+        coverage: Coverage {
+            own_netns: d.own,
+            found: d.namespaces.len() as u64,
+            processes_denied: d.processes_denied,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let mut metas = Vec::new();
     let names = kube::Names::read(std::path::Path::new(kube::LOG_ROOT));
+    let cov = &mut out.coverage;
     for ns in &d.namespaces {
         let read = if ns.inode == d.own {
-            read_own(ns.inode, filter, own_sysctls, tally).map(|()| "own")
+            let range = own_sysctls.ip_local_port_range;
+            read_diag(ns.inode, range, filter, socks, tally)
+                .map(|r| ("own", Some(r)))
+                .map_err(|e| ReadError::Own(e.into()))
         } else {
-            read_other(ns, filter, tally)
+            read_other(ns, filter, socks, tally)
         };
         match read {
-            Ok(via) => {
+            Ok((via, diag)) => {
                 cov.read += 1;
                 match via {
                     "setns" => cov.via_setns += 1,
                     "proc" => cov.via_proc += 1,
                     _ => {}
                 }
-                metas.push(NamespaceMeta {
+                out.namespaces.push(NamespaceMeta {
                     netns: ns.inode,
                     names: ns.names.clone(),
                     pid: ns.pid,
@@ -71,6 +104,10 @@ pub fn read_all(
                         .map(|w| names.name(w)),
                     read_via: via,
                 });
+                if let Some(r) = diag {
+                    out.close_wait_states.extend(r.close_wait_states);
+                    out.listen.push(r.listen);
+                }
             }
             Err(ReadError::Own(e)) => return Err(e),
             Err(ReadError::Ns(EnterError::Vanished)) => cov.vanished += 1,
@@ -83,7 +120,7 @@ pub fn read_all(
         }
     }
     cov.complete = cov.unreadable.is_empty() && cov.processes_denied == 0;
-    Ok((metas, cov))
+    Ok(out)
 }
 
 enum ReadError {
@@ -91,15 +128,103 @@ enum ReadError {
     Ns(EnterError),
 }
 
-fn read_own(
-    inode: u32,
+/// What one namespace's sock_diag dumps yield besides its population.
+struct DiagRead {
+    listen: listeners::Namespace,
+    close_wait_states: HashMap<u64, SockState>,
+}
+
+/// The calling thread's namespace (`netns`, whose port range is `range`)
+/// through sock_diag: its population into `tally`, the rest returned. Two
+/// dumps per family: every state but LISTEN without extensions (the walk
+/// of the kernel's established hash, the cost of a report), and LISTEN
+/// alone with the memory figures (`drops`; no established-hash walk). The
+/// kernel side's state of its SYN_SENT and CLOSE_WAIT sockets is then
+/// looked up by cookie; a failed lookup costs the ages only. A read that
+/// fails leaves nothing in the tally.
+fn read_diag(
+    netns: u32,
+    range: (u16, u16),
     filter: &FilterSpec,
-    sysctls: &Sysctls,
+    socks: Option<BorrowedFd<'_>>,
     tally: &mut SocketTally,
-) -> Result<(), ReadError> {
-    tally.begin_namespace(inode, Some(sysctls.ip_local_port_range));
-    diag::dump_each(diag::population_states(), |s| add(filter, tally, &s))
-        .map_err(|e| ReadError::Own(e.into()))
+) -> Result<DiagRead, DiagError> {
+    let got = dump_one(netns, range, filter, tally);
+    let Ok(mut read) = got else {
+        tally.forget_namespace(netns);
+        return got;
+    };
+    if let Some(fd) = socks {
+        if let Err(e) = read.look_up(fd) {
+            log::debug!("kernel-side socket states in netns {netns}: {e}: no ages there");
+        }
+    }
+    Ok(read)
+}
+
+fn dump_one(
+    netns: u32,
+    range: (u16, u16),
+    filter: &FilterSpec,
+    tally: &mut SocketTally,
+) -> Result<DiagRead, DiagError> {
+    tally.begin_namespace(netns, Some(range));
+    let mut out = DiagRead {
+        listen: listeners::Namespace {
+            netns,
+            sockets: Vec::new(),
+            sysctls: ListenSysctls::read(),
+        },
+        close_wait_states: HashMap::new(),
+    };
+    let none = ExtensionFlags::empty();
+    diag::dump_detail_each(diag::population_states(), none, |d| {
+        out.add(filter, tally, d)
+    })?;
+    let listening = diag::states(&[state::LISTEN]);
+    diag::dump_detail_each(listening, ExtensionFlags::SKMEMINFO, |d| {
+        out.listen.sockets.push(d)
+    })?;
+    Ok(out)
+}
+
+impl DiagRead {
+    /// One socket of the population dump: counted, and kept where a later
+    /// section reads it (connects in flight, CLOSE_WAIT ages).
+    fn add(&mut self, filter: &FilterSpec, tally: &mut SocketTally, d: DiagDetail) {
+        add(filter, tally, &d.socket);
+        match d.socket.state {
+            state::CLOSE_WAIT => {
+                // The state comes in `look_up`; its absence is an age unknown.
+                self.close_wait_states
+                    .insert(d.socket.cookie, SockState::default());
+            }
+            state::SYN_SENT => self.listen.sockets.push(d),
+            _ => {}
+        }
+    }
+
+    /// The kernel side's state of the kept SYN_SENT and CLOSE_WAIT sockets.
+    fn look_up(&mut self, fd: BorrowedFd<'_>) -> Result<(), DiagError> {
+        let connects = self
+            .listen
+            .sockets
+            .iter()
+            .filter(|d| d.socket.state == state::SYN_SENT);
+        let cookies = connects.map(|d| d.socket.cookie);
+        let wanted: Vec<u64> = cookies
+            .chain(self.close_wait_states.keys().copied())
+            .collect();
+        let states = diag_storage::states_of(fd, wanted)?;
+        for d in &mut self.listen.sockets {
+            d.kernel_state = states.get(&d.socket.cookie).copied();
+        }
+        self.close_wait_states = states
+            .into_iter()
+            .filter(|(c, _)| self.close_wait_states.contains_key(c))
+            .collect();
+        Ok(())
+    }
 }
 
 fn add(filter: &FilterSpec, tally: &mut SocketTally, s: &DiagSocket) {
@@ -109,19 +234,20 @@ fn add(filter: &FilterSpec, tally: &mut SocketTally, s: &DiagSocket) {
 }
 
 /// sock_diag inside the namespace; /proc/PID/net when entering is not
-/// permitted. A read that fails half-way leaves nothing in the tally.
+/// permitted (then only the population: no cookies, queues or sysctls).
+/// A read that fails half-way leaves nothing in the tally.
 fn read_other(
     ns: &Namespace,
     filter: &FilterSpec,
+    socks: Option<BorrowedFd<'_>>,
     tally: &mut SocketTally,
-) -> Result<&'static str, ReadError> {
+) -> Result<(&'static str, Option<DiagRead>), ReadError> {
     let entered = netns::within(ns, || {
         let range = Sysctls::read().ip_local_port_range;
-        tally.begin_namespace(ns.inode, Some(range));
-        diag::dump_each(diag::population_states(), |s| add(filter, tally, &s))
+        read_diag(ns.inode, range, filter, socks, tally)
     });
     let err = match entered {
-        Ok(Ok(())) => return Ok("setns"),
+        Ok(Ok(r)) => return Ok(("setns", Some(r))),
         Ok(Err(e)) => EnterError::Other(format!("sock_diag inside the namespace: {e}")),
         Err(e) => e,
     };
@@ -132,7 +258,7 @@ fn read_other(
     tally.begin_namespace(ns.inode, None);
     match netns::proc_sockets(pid, diag::population_states(), |s| add(filter, tally, &s)) {
         // The pid may have moved on: make sure it is still in the namespace.
-        Ok(()) if still_in(pid, ns.inode) => Ok("proc"),
+        Ok(()) if still_in(pid, ns.inode) => Ok(("proc", None)),
         Ok(()) => {
             tally.forget_namespace(ns.inode);
             Err(ReadError::Ns(EnterError::Vanished))

@@ -372,7 +372,7 @@ impl Probe {
 
     /// The per-socket state table (`SOCKS`: socket cookie → state), read
     /// for the sockets sock_diag lists (`host::diag_storage`).
-    pub fn socket_storage_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ProbeError> {
+    pub fn socket_table_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ProbeError> {
         let map = self
             .ebpf
             .map("SOCKS")
