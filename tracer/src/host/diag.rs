@@ -117,7 +117,9 @@ pub fn dump_detail_each(
     mut f: impl FnMut(DiagDetail),
 ) -> Result<(), DiagError> {
     for family in [AF_INET, AF_INET6] {
-        dump_family(family, state_mask, extensions.clone(), &mut |r| f(detail_of(r)))?;
+        dump_family(family, state_mask, extensions.clone(), &mut |r| {
+            f(detail_of(r))
+        })?;
     }
     Ok(())
 }
