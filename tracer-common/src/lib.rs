@@ -364,6 +364,20 @@ pub struct Event {
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 144);
 
+/// Bytes one event takes in the ring buffer (its 8-byte record header
+/// included).
+pub const EVENT_RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
+
+/// Whether the submit that leaves `pending` bytes unread should wake the
+/// reader: only the one that takes the ring across `threshold`, within a
+/// window of a few records (several CPUs may reserve at once), not every
+/// submit after it. Each forced wake-up raises an irq_work (a self-IPI: a
+/// VM exit in a guest); the reader drains the ring empty once woken, and a
+/// crossing that every CPU missed is drained by the reader's timer.
+pub const fn wake_reader(pending: u64, threshold: u64) -> bool {
+    pending >= threshold && pending < threshold + 4 * EVENT_RECORD_BYTES
+}
+
 /// What an `Event` reports: a transition, or a listener-side event that is
 /// no transition (then `oldstate`/`newstate` are 0, `saddr`/`sport` are the
 /// listener's, `daddr`/`dport` the client's, owner the listener's).
@@ -587,4 +601,27 @@ mod pod {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::hist::Hist {}
     unsafe impl aya::Pod for super::TwSlot {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_is_woken_once_per_crossing_not_per_event() {
+        let t = 1 << 20;
+        // The submits that take the ring across the threshold wake it...
+        assert!(wake_reader(t, t));
+        assert!(wake_reader(t + EVENT_RECORD_BYTES, t));
+        // ...those below it and those long after it do not.
+        assert!(!wake_reader(t - 1, t));
+        assert!(!wake_reader(t + 4 * EVENT_RECORD_BYTES, t));
+        assert!(!wake_reader(3 * t, t));
+        // Each event crosses at most once: a run of submits from empty
+        // wakes exactly as many times as records land in the window.
+        let wakes = (1..=20_000u64)
+            .filter(|n| wake_reader(n * EVENT_RECORD_BYTES, t))
+            .count();
+        assert_eq!(wakes, 4);
+    }
 }

@@ -206,7 +206,7 @@ pub fn emit_with(
         (*ev)._pad = [0; 6];
     }
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let wake = if pending >= ld!(WAKE_BYTES) {
+    let wake = if tracer_common::wake_reader(pending, ld!(WAKE_BYTES)) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
