@@ -87,9 +87,16 @@ fn free_third_octet(a: u8, from: u8) -> u8 {
 /// Connect from `src` to `dst`, from a local port this process has never
 /// connected from before (see `bind_fresh_port`).
 pub fn connect_from(src: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    Ok(connect_timed(src, dst)?.0)
+}
+
+/// `connect_from`, and when its connect() began (after the bind: the SYN
+/// leaves within that system call).
+pub fn connect_timed(src: IpAddr, dst: SocketAddr) -> std::io::Result<(TcpStream, Instant)> {
     let s = bind_fresh_port(src)?;
+    let t0 = Instant::now();
     s.connect(&dst.into())?;
-    Ok(s.into())
+    Ok((s.into(), t0))
 }
 
 /// Local ports this test process has connected from, per source address.

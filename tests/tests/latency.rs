@@ -3,12 +3,13 @@
 //! ground truth the test measures itself.
 
 use std::{
+    collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    connect_from,
+    connect_from, connect_timed,
     netdelay::{realtime_thread, Action, NetDelay},
     settle, Subnet,
 };
@@ -39,47 +40,80 @@ fn listener(net: &Subnet) -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+/// Per connection: from its connect() call to the release of its held
+/// packet (the SYN-ACK, or the final ACK), ms, sorted. The kernel handles
+/// a released packet inside the verdict call that releases it, so this is
+/// the handshake's kernel-side duration up to the few µs the SYN takes to
+/// leave; unlike connect()'s return or the loop's reading of a packet, it
+/// holds no thread's wake-up delay (the test's or the loop's), which on a
+/// loaded machine reached 8 ms at p99.
+fn truth_ms(started: &BTreeMap<u16, Instant>, delay: &NetDelay) -> Vec<f64> {
+    let recs = delay.records();
+    let mut truth: Vec<f64> = started
+        .iter()
+        .map(|(port, t0)| {
+            let released = recs[port].released.expect("released");
+            released.duration_since(*t0).as_secs_f64() * 1e3
+        })
+        .collect();
+    truth.sort_by(f64::total_cmp);
+    truth
+}
+
+/// The tracer's p50/p99 against `truth`: within ±1 / ±2 ms.
+fn assert_matches(side: &str, p50: f64, p99: f64, truth: &[f64]) {
+    let (t50, t99) = (quantile_ms(truth, 0.5), quantile_ms(truth, 0.99));
+    println!("{side}: tracer p50 {p50:.3} ms p99 {p99:.3} ms; connect() to release p50 {t50:.3} ms p99 {t99:.3} ms");
+    assert!(
+        t50 >= 50.0,
+        "{side}: truth p50 {t50} ms under the 50 ms delay"
+    );
+    assert!((p50 - t50).abs() <= 1.0, "{side}: p50 {p50} vs truth {t50}");
+    assert!((p99 - t99).abs() <= 2.0, "{side}: p99 {p99} vs truth {t99}");
+}
+
 /// SYN-ACKs held 50 ms: connect() takes ≥ 50 ms, and the tracer's active
-/// handshake p50/p99 match connect()'s wall time within ±1 / ±2 ms.
+/// handshake p50/p99 match each connect()'s start to its SYN-ACK's release
+/// within ±1 / ±2 ms (and never exceed connect()'s own wall time).
 #[test]
 fn active_handshake_latency_matches_connect_wall_time() {
     let net = Subnet::unique(14);
     let (l, addr) = listener(&net);
     let t = Tracer::start(port_filter(addr.port()), false, 4096).expect("attach");
     let delay = NetDelay::start(Action::DelaySynAck(D), addr.port()).expect("NFQUEUE");
-    // connect()'s wall time is the truth: the test thread must wake on time.
     realtime_thread();
     // 100 samples: p99 is the 99th, so one late wakeup of the machine does
     // not decide it alone.
     let n = 100;
-    let mut truth = Vec::new();
+    let (mut started, mut wall) = (BTreeMap::new(), Vec::new());
     for _ in 0..n {
-        let t0 = Instant::now();
-        let c = connect_from(net.client(), addr).unwrap();
-        truth.push(t0.elapsed().as_secs_f64() * 1e3);
+        let (c, t0) = connect_timed(net.client(), addr).unwrap();
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        started.insert(c.local_addr().unwrap().port(), t0);
         let (a, _) = l.accept().unwrap();
         drop((c, a));
     }
     assert_eq!(delay.records().len(), n);
+    let truth = truth_ms(&started, &delay);
     drop(delay);
-    truth.sort_by(f64::total_cmp);
+    wall.sort_by(f64::total_cmp);
     let s: Summary = settle(&t, |s| s.active_handshake.all.count == n as u64);
     let h = &s.active_handshake.all;
     assert_eq!(h.count, n as u64);
     assert_eq!(s.active_handshake.retransmitted.count, 0);
     let (p50, p99) = (ms(h.p50_us), ms(h.p99_us));
-    let (t50, t99) = (quantile_ms(&truth, 0.5), quantile_ms(&truth, 0.99));
-    println!(
-        "active: tracer p50 {p50:.3} ms p99 {p99:.3} ms; connect() p50 {t50:.3} ms p99 {t99:.3} ms"
+    assert_matches("active", p50, p99, &truth);
+    // The kernel's handshake ends before connect() returns.
+    let (w50, w99) = (quantile_ms(&wall, 0.5), quantile_ms(&wall, 0.99));
+    assert!(
+        p50 <= w50 + 0.5 && p99 <= w99 + 0.5,
+        "tracer {p50}/{p99} vs connect() {w50}/{w99}"
     );
-    assert!(t50 >= 50.0, "connect() p50 {t50} ms under the 50 ms delay");
-    assert!((p50 - t50).abs() <= 1.0, "p50 {p50} vs truth {t50}");
-    assert!((p99 - t99).abs() <= 2.0, "p99 {p99} vs truth {t99}");
 }
 
 /// The client's final handshake ACK held 50 ms: the server's handshake
-/// latency (its SYN-ACK round trip) matches the time between the SYN-ACK
-/// leaving and the ACK being released.
+/// latency (its SYN-ACK round trip) matches each connect()'s start to the
+/// release of its ACK (the SYN-ACK leaves within that connect() call).
 #[test]
 fn passive_handshake_latency_matches_the_delayed_final_ack() {
     let net = Subnet::unique(15);
@@ -90,25 +124,19 @@ fn passive_handshake_latency_matches_the_delayed_final_ack() {
     // 100 samples: p99 is the 99th, so one late wakeup of the machine does
     // not decide it alone.
     let n = 100;
-    // When each accept() returned, by client port.
-    let mut accepted = std::collections::BTreeMap::new();
+    // When each connect() began and accept() returned, by client port.
+    let (mut started, mut accepted) = (BTreeMap::new(), BTreeMap::new());
     for _ in 0..n {
-        let c = connect_from(net.client(), addr).unwrap();
+        let (c, t0) = connect_timed(net.client(), addr).unwrap();
+        started.insert(c.local_addr().unwrap().port(), t0);
         let (a, peer) = l.accept().unwrap();
         accepted.insert(peer.port(), Instant::now());
         drop((c, a));
     }
     let recs = delay.records();
+    assert_eq!(recs.len(), n);
+    let truth = truth_ms(&started, &delay);
     drop(delay);
-    let mut truth: Vec<f64> = recs
-        .values()
-        .map(|r| {
-            let (seen, released) = (r.synack_seen.unwrap(), r.released.unwrap());
-            released.duration_since(seen).as_secs_f64() * 1e3
-        })
-        .collect();
-    assert_eq!(truth.len(), n);
-    truth.sort_by(f64::total_cmp);
     // accept() returned only once the held ACK was released. (Compared per
     // connection with the release itself: a wait timed from connect()'s
     // return would shrink by however late this thread woke up.)
@@ -123,12 +151,7 @@ fn passive_handshake_latency_matches_the_delayed_final_ack() {
     let s = settle(&t, |s| s.passive_handshake.all.count == n as u64);
     let h = &s.passive_handshake.all;
     assert_eq!(h.count, n as u64);
-    let (p50, p99) = (ms(h.p50_us), ms(h.p99_us));
-    let (t50, t99) = (quantile_ms(&truth, 0.5), quantile_ms(&truth, 0.99));
-    println!("passive: tracer p50 {p50:.3} ms p99 {p99:.3} ms; SYN-ACK->ACK release p50 {t50:.3} ms p99 {t99:.3} ms");
-    assert!(t50 >= 50.0);
-    assert!((p50 - t50).abs() <= 1.0, "p50 {p50} vs truth {t50}");
-    assert!((p99 - t99).abs() <= 2.0, "p99 {p99} vs truth {t99}");
+    assert_matches("passive", ms(h.p50_us), ms(h.p99_us), &truth);
 }
 
 /// The first SYN of each connection dropped: the kernel retransmits it after
