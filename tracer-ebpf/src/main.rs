@@ -3,7 +3,8 @@
 //! One BTF tracepoint program on `sock:inet_sock_set_state`
 //! (`(const struct sock *sk, int oldstate, int newstate)`; tp_btf needs no
 //! tracefs and may call `bpf_get_socket_cookie`). It does capture,
-//! filtering and exact aggregation; formatting and policy live in userspace. The rules it applies (what a transition counts,
+//! filtering and exact aggregation; formatting and policy live in
+//! userspace. The rules it applies (what a transition counts,
 //! a socket's birth, owner and verdict) are pure functions in
 //! `tracer_common::{account, machine}`, unit-tested there. A second, small
 //! program on `tcp:tcp_retransmit_synack` (in `synack`) counts SYN-ACK

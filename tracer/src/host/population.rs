@@ -131,6 +131,9 @@ enum ReadError {
 /// What one namespace's sock_diag dumps yield besides its population.
 struct DiagRead {
     listen: listeners::Namespace,
+    /// The cookies of its CLOSE_WAIT sockets.
+    close_wait: Vec<u64>,
+    /// Their kernel-side state, where `look_up` found one.
     close_wait_states: HashMap<u64, SockState>,
 }
 
@@ -175,6 +178,7 @@ fn dump_one(
             sockets: Vec::new(),
             sysctls: ListenSysctls::read(),
         },
+        close_wait: Vec::new(),
         close_wait_states: HashMap::new(),
     };
     let none = ExtensionFlags::empty();
@@ -194,11 +198,7 @@ impl DiagRead {
     fn add(&mut self, filter: &FilterSpec, tally: &mut SocketTally, d: DiagDetail) {
         add(filter, tally, &d.socket);
         match d.socket.state {
-            state::CLOSE_WAIT => {
-                // The state comes in `look_up`; its absence is an age unknown.
-                self.close_wait_states
-                    .insert(d.socket.cookie, SockState::default());
-            }
+            state::CLOSE_WAIT => self.close_wait.push(d.socket.cookie),
             state::SYN_SENT => self.listen.sockets.push(d),
             _ => {}
         }
@@ -212,17 +212,16 @@ impl DiagRead {
             .iter()
             .filter(|d| d.socket.state == state::SYN_SENT);
         let cookies = connects.map(|d| d.socket.cookie);
-        let wanted: Vec<u64> = cookies
-            .chain(self.close_wait_states.keys().copied())
-            .collect();
-        let states = diag_storage::states_of(fd, wanted)?;
+        let wanted: Vec<u64> = cookies.chain(self.close_wait.iter().copied()).collect();
+        let mut states = diag_storage::states_of(fd, wanted)?;
         for d in &mut self.listen.sockets {
             d.kernel_state = states.get(&d.socket.cookie).copied();
         }
-        self.close_wait_states = states
-            .into_iter()
-            .filter(|(c, _)| self.close_wait_states.contains_key(c))
-            .collect();
+        for c in &self.close_wait {
+            if let Some(st) = states.remove(c) {
+                self.close_wait_states.insert(*c, st);
+            }
+        }
         Ok(())
     }
 }
