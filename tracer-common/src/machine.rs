@@ -59,6 +59,17 @@ pub const fn needs_state(old: u8, new: u8) -> bool {
         || (old == state::ESTABLISHED && new == state::CLOSE_WAIT)
 }
 
+/// Transitions whose summary-mode accounting reads the clock: all that
+/// need the state but SYN_RECV → ESTABLISHED, whose handshake is the
+/// kernel's RTT sample and whose time in state nothing reads (the
+/// CLOSE_WAIT age starts at ESTABLISHED → CLOSE_WAIT). A clock read costs
+/// as much as a map lookup; filters and live events read it on every
+/// transition.
+#[inline(always)]
+pub const fn needs_clock(old: u8, new: u8) -> bool {
+    needs_state(old, new) && !(old == state::SYN_RECV && new == state::ESTABLISHED)
+}
+
 /// The close paths a connection took, read off the state it leaves at
 /// → CLOSE (`close_path::*`): FIN_WAIT1/FIN_WAIT2 follow ESTABLISHED →
 /// FIN_WAIT1 (closed here first), CLOSING follows it too and the crossing
@@ -221,6 +232,18 @@ mod tests {
         assert!(needs_state(state::FIN_WAIT2, state::CLOSE));
         assert!(!needs_state(state::FIN_WAIT1, state::FIN_WAIT2));
         assert!(!needs_state(state::ESTABLISHED, state::FIN_WAIT1));
+    }
+
+    #[test]
+    fn the_clock_is_read_where_a_time_is_kept() {
+        assert!(needs_clock(state::CLOSE, state::SYN_SENT));
+        assert!(needs_clock(state::LISTEN, state::SYN_RECV));
+        assert!(needs_clock(state::SYN_SENT, state::ESTABLISHED));
+        assert!(needs_clock(state::ESTABLISHED, state::CLOSE_WAIT));
+        assert!(needs_clock(state::LAST_ACK, state::CLOSE));
+        // The passive handshake is the kernel's own RTT sample.
+        assert!(!needs_clock(state::SYN_RECV, state::ESTABLISHED));
+        assert!(!needs_clock(state::FIN_WAIT1, state::FIN_WAIT2));
     }
 
     #[test]

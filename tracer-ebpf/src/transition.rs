@@ -65,10 +65,13 @@ pub fn count_simple(stats: &mut Stats, old: u8, new: u8) {
 
 #[inline(always)]
 fn count(stats: &mut Stats, old: u8, new: u8, e: &Effects) {
-    if let Some(t) = stats
-        .transitions
-        .get_mut(transition_index(old, new) as usize)
-    {
+    // Through the stack, opaque to the compiler, so the bounds check stays
+    // where it can prove the states (a birth's two pairs): older verifiers
+    // (6.1) do not carry a state's range across its narrow stack spills.
+    let i = transition_index(old, new) as usize;
+    // SAFETY: a local, read back.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    if let Some(t) = stats.transitions.get_mut(i) {
         *t += 1;
     }
     for c in e.counters {
@@ -107,8 +110,12 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
         count_simple(stats, old, new);
         return;
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = if every || machine::needs_clock(old, new) {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     let ends = sock::ends(sk, family, new == state::CLOSE);
     let (cookie, key) = if listening {
         (0, 0)
@@ -136,6 +143,10 @@ pub fn on_transition(sk: *const u8, old: u64, new: u64) {
 
 #[inline(never)]
 fn connection(stats: &mut Stats, t: &Tr) {
+    if machine::birth(t.old, t.new).is_some() {
+        born(stats, t);
+        return;
+    }
     match state_of(t) {
         Some((key, st)) => {
             on_socket(stats, st, t);
@@ -161,6 +172,24 @@ fn connection(stats: &mut Stats, t: &Tr) {
     }
 }
 
+/// A birth: its state is made in this CPU's scratch slot and inserted once
+/// the run is done with it (`BPF_ANY` replaces what a missed → CLOSE could
+/// have left), a single map operation where inserting a zeroed state and
+/// looking it up again took two.
+#[inline(always)]
+fn born(stats: &mut Stats, t: &Tr) {
+    let Some(p) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, used by this run only.
+    let st = unsafe { &mut *p };
+    *st = ZERO_STATE;
+    on_socket(stats, st, t);
+    if SOCKS.insert(&t.key, &*st, BPF_ANY as u64).is_err() {
+        bump(stats, counter::INFLIGHT_INSERT_FAILED);
+    }
+}
+
 /// A state before its first transition (verdict undecided, nothing known).
 static ZERO_STATE: SockState = SockState {
     ts_state: 0,
@@ -179,16 +208,11 @@ static ZERO_STATE: SockState = SockState {
     _pad: [0; 7],
 };
 
-/// The socket's key and state in `SOCKS`, created (zeroed) at its birth
-/// or first sight, never at its → CLOSE. A birth starts afresh (`BPF_ANY`
-/// replaces what a missed → CLOSE could have left); a first sight mid-life
-/// inserts only if no other CPU's run did meanwhile.
+/// The key and state in `SOCKS` of a socket past its birth, created
+/// (zeroed) at its first sight mid-life, never at its → CLOSE: a first
+/// sight inserts only if no other CPU's run did meanwhile.
 #[inline(always)]
 fn state_of(t: &Tr) -> Option<(u64, &'static mut SockState)> {
-    if machine::birth(t.old, t.new).is_some() {
-        let _ = SOCKS.insert(&t.key, &ZERO_STATE, BPF_ANY as u64);
-        return lookup(t.key);
-    }
     if let Some(found) = lookup(t.key) {
         return Some(found);
     }
@@ -320,18 +344,12 @@ fn decide(st: &mut SockState, t: &Tr) -> bool {
     true
 }
 
-/// After a counted or filtered transition: time the new state; at
-/// → CLOSE forget the connection (its `SOCKS` entry goes after this run's
-/// last use, in `connection`).
+/// After a counted or filtered transition: time the new state (0, not
+/// known, where the run read no clock). At → CLOSE the state is done with:
+/// its `SOCKS` entry goes after this run's last use, in `connection`.
 #[inline(always)]
 fn finish(st: &mut SockState, t: &Tr) {
-    if t.new == state::CLOSE {
-        st.flags = 0;
-        st.verdict = verdict::UNDECIDED;
-        st.ts_state = 0;
-    } else {
-        st.ts_state = t.now;
-    }
+    st.ts_state = t.now;
 }
 
 /// The socket's cookie (generated at its first request, unique for the
