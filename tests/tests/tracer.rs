@@ -246,6 +246,40 @@ fn events_carry_the_owner_even_in_softirq() {
     }
 }
 
+/// `tracer events` attaches without the flow table (nothing it prints
+/// reads it): the kernel skips every flow update, and everything else
+/// stays exact.
+#[test]
+fn events_without_the_flow_table_count_exactly() {
+    let net = Subnet::unique(6);
+    let mut t =
+        Tracer::start_with_btf(subnet_filter(&net), true, 1 << 20, false, None).expect("attach");
+    let mut ring = t.probe.take_events().unwrap();
+    let w = Workload {
+        client_closes: 4,
+        server_closes: 3,
+        ..Default::default()
+    };
+    w.run(net.client(), net.server());
+    let s = settle(&t, |s| s.time_wait.now.time_wait == 7);
+    let mut events = 0;
+    while let Some(item) = ring.next() {
+        event::decode(&item).expect("decodes");
+        events += 1;
+    }
+    assert_eq!(events, 7 * 10, "ten transitions per connection");
+    assert_eq!(transition(&s, "SYN_SENT", "ESTABLISHED"), 7);
+    assert_eq!(transition(&s, "LAST_ACK", "CLOSE"), 7);
+    assert_eq!(s.active_handshake.all.count, 7);
+    assert_eq!(s.passive_handshake.all.count, 7);
+    assert_eq!(s.time_wait.entered, 7);
+    assert_eq!(s.time_wait.entered_by_side.active_opened, 4);
+    assert!(s.top_peers.is_empty(), "no flow rows: {:?}", s.top_peers);
+    assert!(s.top_local_ports.is_empty(), "{:?}", s.top_local_ports);
+    assert_eq!(s.tracer.flow_table_full, 0);
+    assert_eq!(s.tracer.events_dropped, 0);
+}
+
 #[test]
 fn ring_overflow_is_counted_and_aggregates_stay_exact() {
     let net = Subnet::unique(3);

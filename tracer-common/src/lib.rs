@@ -309,7 +309,10 @@ pub struct Filter {
     pub emit_events: u8,
     /// 1 when any filter above is set (lets the programs skip evaluation).
     pub any: u8,
-    pub _pad: [u8; 2],
+    /// 1: keep the per-flow table; 0 in the modes that never read it
+    /// (`tracer events`), which then skip its updates.
+    pub flows: u8,
+    pub _pad: [u8; 1],
     /// Network namespace inode (`ls -l /proc/PID/ns/net`); 0: every namespace.
     pub netns: u32,
 }

@@ -82,7 +82,8 @@ static FILTER: Filter = Filter {
     comm: [0; tracer_common::TASK_COMM_LEN],
     emit_events: 0,
     any: 0,
-    _pad: [0; 2],
+    flows: 0,
+    _pad: [0; 1],
     netns: 0,
 };
 

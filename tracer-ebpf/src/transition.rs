@@ -446,7 +446,7 @@ fn counted(stats: &mut Stats, st: &mut SockState, t: &Tr) {
     if e.time_wait {
         output::count_tw_second(t.now);
     }
-    if e.flow != flow_point::NONE {
+    if e.flow != flow_point::NONE && ld!(FILTER.flows) != 0 {
         let args = FlowArgs {
             ends: &t.ends,
             st,

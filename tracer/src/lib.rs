@@ -84,26 +84,36 @@ impl Tracer {
     /// Validate the filter, load and attach the programs, and tell them who
     /// owns the listening sockets that already exist.
     pub fn start(filter: FilterSpec, emit_events: bool, ring_bytes: u32) -> anyhow::Result<Self> {
-        Self::start_with_btf(filter, emit_events, ring_bytes, None)
+        Self::start_with_btf(filter, emit_events, ring_bytes, true, None)
     }
 
     /// Attached with events off, for the modes that only aggregate
     /// (summary, serve): the ring buffer stays at its one-page minimum.
     pub fn aggregating(filter: &cli::FilterArgs) -> anyhow::Result<Self> {
-        Self::start_with_btf(filter.spec()?, false, IDLE_RING_BYTES, filter.btf.clone())
+        Self::start_with_btf(
+            filter.spec()?,
+            false,
+            IDLE_RING_BYTES,
+            true,
+            filter.btf.clone(),
+        )
     }
 
-    /// `start`, reading kernel BTF from `btf_path` when given (`--btf`).
+    /// `start`, keeping the per-flow table only if `flows` (the modes that
+    /// never read it save its updates) and reading kernel BTF from
+    /// `btf_path` when given (`--btf`).
     pub fn start_with_btf(
         filter: FilterSpec,
         emit_events: bool,
         ring_bytes: u32,
+        flows: bool,
         btf_path: Option<std::path::PathBuf>,
     ) -> anyhow::Result<Self> {
         filter.validate()?;
         let opts = ProbeOptions {
             filter: filter.to_kernel(),
             emit_events,
+            flows,
             ring_bytes,
             btf_path,
             ..Default::default()

@@ -78,14 +78,21 @@ pub(crate) type EventRing = AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>;
 
 /// What every streaming mode (events, top, record) starts with: the stop
 /// signals first (so one that comes during attach is kept), then the
-/// programs with events on, and their ring buffer registered for polling.
+/// programs with events on (and the flow table if `flows`: top and record
+/// show it, events does not), and their ring buffer registered for polling.
 pub(crate) fn start_streaming(
     filter: &crate::cli::FilterArgs,
     ring_kib: u32,
+    flows: bool,
 ) -> anyhow::Result<(StopSignals, Tracer, EventRing)> {
     let signals = StopSignals::install()?;
-    let mut tracer =
-        Tracer::start_with_btf(filter.spec()?, true, ring_kib * 1024, filter.btf.clone())?;
+    let mut tracer = Tracer::start_with_btf(
+        filter.spec()?,
+        true,
+        ring_kib * 1024,
+        flows,
+        filter.btf.clone(),
+    )?;
     let ring = tracer.probe.take_events()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
     // AsyncFd (which owns the RingBuf) lives.
@@ -102,7 +109,7 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.from {
         return crate::record::run::replay_events(args, path);
     }
-    let (mut signals, tracer, mut fd) = start_streaming(&args.filter, args.ring_kib)?;
+    let (mut signals, tracer, mut fd) = start_streaming(&args.filter, args.ring_kib, false)?;
     drop_privileges(&tracer, privs::Mode::Events)?;
     let clock = Clock::now();
     let mut cgroups = crate::host::cgroup::Resolver::new();

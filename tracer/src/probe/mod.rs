@@ -221,6 +221,8 @@ pub struct ProbeOptions {
     pub filter: Filter,
     /// Stream one event per transition to userspace (live mode).
     pub emit_events: bool,
+    /// Keep the per-flow table (every mode that reports or exports flows).
+    pub flows: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
     /// Capacity of the per-flow breakdown table.
@@ -239,6 +241,7 @@ impl Default for ProbeOptions {
         ProbeOptions {
             filter: Filter::default(),
             emit_events: false,
+            flows: true,
             ring_bytes: DEFAULT_RING_BYTES,
             flow_entries: DEFAULT_FLOW_ENTRIES,
             btf_path: None,
@@ -268,6 +271,7 @@ impl Probe {
         };
         let mut filter = opts.filter;
         filter.emit_events = opts.emit_events as u8;
+        filter.flows = opts.flows as u8;
         // One parse of the kernel's BTF serves the loader and the program
         // (aya would otherwise read and parse it twice: start-up time).
         let btf = match &opts.btf_path {

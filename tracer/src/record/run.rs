@@ -80,7 +80,8 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     args.filter.spec()?.validate()?;
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let (mut signals, tracer, mut fd) = crate::run::start_streaming(&args.filter, args.ring_kib)?;
+    let (mut signals, tracer, mut fd) =
+        crate::run::start_streaming(&args.filter, args.ring_kib, true)?;
     let mut w = Writer::new(BufWriter::new(file), &header(&tracer, args))?;
     let opts = SummaryOptions {
         top: usize::MAX,

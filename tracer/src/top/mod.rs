@@ -92,7 +92,8 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
             "tracer top needs a terminal on stdout; use `tracer top --once` for one frame as text, or `tracer summary`"
         );
     }
-    let (mut signals, tracer, mut fd) = crate::run::start_streaming(&args.filter, args.ring_kib)?;
+    let (mut signals, tracer, mut fd) =
+        crate::run::start_streaming(&args.filter, args.ring_kib, true)?;
     crate::run::drop_privileges(&tracer, crate::host::privs::Mode::Serve)?;
     let view = View {
         color: tty && args.color.enabled() || args.color == crate::cli::ColorChoice::Always,
