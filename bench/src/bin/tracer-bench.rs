@@ -36,6 +36,10 @@ struct Args {
     /// Interleaved rounds of the churn comparison.
     #[arg(long)]
     rounds: Option<usize>,
+    /// Interleaved rounds of the in-kernel cost (two by default: more to
+    /// tell apart builds a few per cent apart on a noisy machine).
+    #[arg(long)]
+    kernel_rounds: Option<usize>,
     /// Sockets to hold open for the memory-at-scale figure (0 skips it).
     #[arg(long)]
     sockets: Option<u64>,
@@ -72,6 +76,9 @@ fn main() -> ExitCode {
     cfg.baseline = a.baseline;
     if let Some(r) = a.rounds {
         cfg.rounds = r.max(1);
+    }
+    if let Some(r) = a.kernel_rounds {
+        cfg.kernel_rounds = r.max(1);
     }
     cfg.phases = a.phases;
     if let Some(s) = a.sockets {
