@@ -162,10 +162,7 @@ fn connection(stats: &mut Stats, t: &Tr) {
             if t.new != state::CLOSE {
                 bump(stats, counter::INFLIGHT_INSERT_FAILED);
             }
-            if let Some(p) = SCRATCH.get_ptr_mut(0) {
-                // SAFETY: per-CPU slot, used by this run only.
-                let st = unsafe { &mut *p };
-                *st = ZERO_STATE;
+            if let Some(st) = fresh_scratch() {
                 on_socket(stats, st, t);
             }
         }
@@ -178,16 +175,23 @@ fn connection(stats: &mut Stats, t: &Tr) {
 /// looking it up again took two.
 #[inline(always)]
 fn born(stats: &mut Stats, t: &Tr) {
-    let Some(p) = SCRATCH.get_ptr_mut(0) else {
+    let Some(st) = fresh_scratch() else {
         return;
     };
-    // SAFETY: per-CPU slot, used by this run only.
-    let st = unsafe { &mut *p };
-    *st = ZERO_STATE;
     on_socket(stats, st, t);
     if SOCKS.insert(&t.key, &*st, BPF_ANY as u64).is_err() {
         bump(stats, counter::INFLIGHT_INSERT_FAILED);
     }
+}
+
+/// This CPU's scratch state, zeroed: a state for this run only.
+#[inline(always)]
+fn fresh_scratch() -> Option<&'static mut SockState> {
+    let p = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, used by this run only.
+    let st = unsafe { &mut *p };
+    *st = ZERO_STATE;
+    Some(st)
 }
 
 /// A state before its first transition (verdict undecided, nothing known).
