@@ -10,7 +10,7 @@ use std::{
 
 use integration_tests::{
     connect_from, connect_timed,
-    netdelay::{realtime_thread, Action, NetDelay},
+    netdelay::{realtime_thread, Action, NetDelay, Record},
     settle, Subnet,
 };
 use tracer::{filter::FilterSpec, report::Summary, Tracer};
@@ -47,8 +47,7 @@ fn listener(net: &Subnet) -> (TcpListener, SocketAddr) {
 /// leave; unlike connect()'s return or the loop's reading of a packet, it
 /// holds no thread's wake-up delay (the test's or the loop's), which on a
 /// loaded machine reached 8 ms at p99.
-fn truth_ms(started: &BTreeMap<u16, Instant>, delay: &NetDelay) -> Vec<f64> {
-    let recs = delay.records();
+fn truth_ms(started: &BTreeMap<u16, Instant>, recs: &BTreeMap<u16, Record>) -> Vec<f64> {
     let mut truth: Vec<f64> = started
         .iter()
         .map(|(port, t0)| {
@@ -93,8 +92,9 @@ fn active_handshake_latency_matches_connect_wall_time() {
         let (a, _) = l.accept().unwrap();
         drop((c, a));
     }
-    assert_eq!(delay.records().len(), n);
-    let truth = truth_ms(&started, &delay);
+    let recs = delay.records();
+    assert_eq!(recs.len(), n);
+    let truth = truth_ms(&started, &recs);
     drop(delay);
     wall.sort_by(f64::total_cmp);
     let s: Summary = settle(&t, |s| s.active_handshake.all.count == n as u64);
@@ -135,7 +135,7 @@ fn passive_handshake_latency_matches_the_delayed_final_ack() {
     }
     let recs = delay.records();
     assert_eq!(recs.len(), n);
-    let truth = truth_ms(&started, &delay);
+    let truth = truth_ms(&started, &recs);
     drop(delay);
     // accept() returned only once the held ACK was released. (Compared per
     // connection with the release itself: a wait timed from connect()'s
