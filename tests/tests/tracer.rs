@@ -183,7 +183,7 @@ fn run_on_port(w: &Workload, ip: IpAddr, port: u16) {
 fn events_carry_the_owner_even_in_softirq() {
     let net = Subnet::unique(2);
     let mut t = Tracer::start(subnet_filter(&net), true, 1 << 20).expect("attach");
-    let mut ring = t.probe.take_events().unwrap();
+    let mut rings = t.probe.take_events();
     let w = Workload {
         client_closes: 3,
         server_closes: 2,
@@ -192,7 +192,7 @@ fn events_carry_the_owner_even_in_softirq() {
     let port = w.run(net.client(), net.server());
     settle(&t, |s| s.time_wait.now.time_wait == 5);
     let mut events = Vec::new();
-    while let Some(item) = ring.next() {
+    for item in records(&mut rings) {
         events.push(event::decode(&item).expect("decodes"));
     }
     let me = std::process::id();
@@ -254,7 +254,7 @@ fn events_without_the_flow_table_count_exactly() {
     let net = Subnet::unique(6);
     let mut t =
         Tracer::start_with_btf(subnet_filter(&net), true, 1 << 20, false, None).expect("attach");
-    let mut ring = t.probe.take_events().unwrap();
+    let mut rings = t.probe.take_events();
     let w = Workload {
         client_closes: 4,
         server_closes: 3,
@@ -263,7 +263,7 @@ fn events_without_the_flow_table_count_exactly() {
     w.run(net.client(), net.server());
     let s = settle(&t, |s| s.time_wait.now.time_wait == 7);
     let mut events = 0;
-    while let Some(item) = ring.next() {
+    for item in records(&mut rings) {
         event::decode(&item).expect("decodes");
         events += 1;
     }
@@ -285,7 +285,7 @@ fn ring_overflow_is_counted_and_aggregates_stay_exact() {
     let net = Subnet::unique(3);
     // 4 KiB holds ~30 events; nobody reads it during the run.
     let mut t = Tracer::start(subnet_filter(&net), true, 4096).expect("attach");
-    let mut ring = t.probe.take_events().unwrap();
+    let mut rings = t.probe.take_events();
     let w = Workload {
         client_closes: 60,
         ..Default::default()
@@ -293,9 +293,7 @@ fn ring_overflow_is_counted_and_aggregates_stay_exact() {
     w.run(net.client(), net.server());
     let s = settle(&t, |s| s.time_wait.now.time_wait == 60);
     let mut received = 0u64;
-    while ring.next().is_some() {
-        received += 1;
-    }
+    received += records(&mut rings).len() as u64;
     assert!(s.tracer.events_dropped > 0, "a 4 KiB ring must overflow");
     assert_eq!(
         received + s.tracer.events_dropped,
@@ -449,4 +447,15 @@ fn the_binary_reports_the_workload_as_json() {
     assert_eq!(v["time_wait"]["now"]["time_wait"], 12);
     assert_eq!(v["active_handshake"]["all"]["count"], 14);
     assert_eq!(v["tracer"]["events_dropped"], 0);
+}
+
+/// Every record the per-CPU rings hold now, ring after ring.
+fn records(rings: &mut [aya::maps::RingBuf<aya::maps::MapData>]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in rings {
+        while let Some(item) = r.next() {
+            out.push(item.to_vec());
+        }
+    }
+    out
 }

@@ -1,7 +1,10 @@
 //! What a counted transition writes besides the stats block: histograms,
 //! the TIME_WAIT seconds ring, the flow table, and live events.
 
-use aya_ebpf::bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::{bpf_get_smp_processor_id, bpf_ringbuf_query},
+};
 use tracer_common::{
     account::{apply_flow, Effects, FlowFacts},
     counter, dir, hist, FlowKey, FlowStats, SockState, Stats, TW_SLOTS,
@@ -9,7 +12,7 @@ use tracer_common::{
 
 use crate::{
     ld,
-    maps::{bump, EVENTS, FLOWS, FLOW_GEN, FLOW_NEW, HISTS, TW_SECONDS},
+    maps::{bump, EVENT_RINGS, FLOWS, FLOW_GEN, FLOW_NEW, HISTS, TW_SECONDS},
     sock::{self, Ends},
 };
 
@@ -164,7 +167,11 @@ pub fn emit_with(
     if ld!(FILTER.emit_events) == 0 {
         return;
     }
-    let Some(mut slot) = EVENTS.reserve::<tracer_common::Event>(0) else {
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // No ring: a CPU brought online after the rings were made.
+    let ring = EVENT_RINGS.get(cpu);
+    let Some(mut slot) = ring.and_then(|r| r.reserve(0)) else {
         if let Some(stats) = crate::maps::stats() {
             bump(stats, counter::RINGBUF_DROPS);
         }
@@ -205,7 +212,15 @@ pub fn emit_with(
         (*ev).kind = x.kind;
         (*ev)._pad = [0; 6];
     }
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let pending = ring.map_or(0, |r| {
+        // SAFETY: the ring's map pointer, as the verifier gave it to us.
+        unsafe {
+            bpf_ringbuf_query(
+                core::ptr::from_ref(r).cast_mut().cast(),
+                BPF_RB_AVAIL_DATA as u64,
+            )
+        }
+    });
     let wake = if tracer_common::wake_reader(pending, ld!(WAKE_BYTES)) {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -15,6 +15,7 @@ pub mod model;
 pub mod probe;
 pub mod record;
 pub mod report;
+pub mod rings;
 pub mod run;
 pub mod top;
 

@@ -5,10 +5,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
-};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracer_common::counter;
 
 use crate::{
@@ -73,8 +70,8 @@ pub(crate) fn drop_privileges(t: &Tracer, mode: privs::Mode) -> anyhow::Result<(
     Ok(())
 }
 
-/// The event ring buffer, registered for polling.
-pub(crate) type EventRing = AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>;
+/// The event rings, registered for polling.
+pub(crate) type EventRing = crate::rings::EventRings;
 
 /// What every streaming mode (events, top, record) starts with: the stop
 /// signals first (so one that comes during attach is kept), then the
@@ -93,12 +90,9 @@ pub(crate) fn start_streaming(
         flows,
         filter.btf.clone(),
     )?;
-    let ring = tracer.probe.take_events()?;
-    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
-    // AsyncFd (which owns the RingBuf) lives.
-    let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {}", e.into_parts().1))?;
-    Ok((signals, tracer, fd))
+    let rings = crate::rings::EventRings::new(tracer.probe.take_events())
+        .map_err(|e| anyhow::anyhow!("polling the event rings: {e}"))?;
+    Ok((signals, tracer, rings))
 }
 
 /// How often live mode drains the ring buffer between wake-ups: the most an
@@ -125,25 +119,34 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let color = !args.json && args.color.enabled();
     let mut printed: u64 = 0;
     let mut bad: u64 = 0;
-    // Print (or count as undecodable) everything in the ring, then flush.
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| -> io::Result<()> {
-        while let Some(item) = ring.next() {
-            match event::decode(&item) {
-                Ok(e) => {
-                    if write_event(&mut out, &e, &clock, &mut cgroups, args, color)? {
-                        printed += 1;
-                    } else {
-                        bad += 1;
-                        log::warn!("event of unknown kind {}", e.kind);
-                    }
-                }
-                Err(e) => {
+    // Print (or count as undecodable) one event; `None` ends a drain: its
+    // first write error (which stopped the printing), else a flush.
+    let mut failed: Option<io::Error> = None;
+    let mut print = |item: Option<Result<tracer_common::Event, event::DecodeError>>| {
+        let Some(item) = item else {
+            return match failed.take() {
+                Some(e) => Err(e),
+                None => out.flush(),
+            };
+        };
+        if failed.is_some() {
+            return Ok(());
+        }
+        match item {
+            Ok(e) => match write_event(&mut out, &e, &clock, &mut cgroups, args, color) {
+                Ok(true) => printed += 1,
+                Ok(false) => {
                     bad += 1;
-                    log::warn!("{e}");
+                    log::warn!("event of unknown kind {}", e.kind);
                 }
+                Err(e) => failed = Some(e),
+            },
+            Err(e) => {
+                bad += 1;
+                log::warn!("{e}");
             }
         }
-        out.flush()
+        Ok(())
     };
     let stop = signals.wait(args.duration);
     tokio::pin!(stop);
@@ -154,16 +157,15 @@ pub async fn events(args: &EventsArgs) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = tick.tick() => drain(fd.get_mut())?,
-                guard = fd.readable_mut() => {
-                    let mut guard = guard?;
-                    drain(guard.get_inner_mut())?;
-                    guard.clear_ready();
-                }
+                _ = tick.tick() => {}
+                r = fd.readable() => r?,
             }
+            fd.drain(|i| drop(print(Some(i))));
+            print(None)?;
         }
         // Whatever arrived before the stop.
-        drain(fd.get_mut())
+        fd.drain_all(|i| drop(print(Some(i))));
+        print(None)
     }
     .await;
     match result {

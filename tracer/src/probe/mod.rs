@@ -7,7 +7,10 @@ pub mod offsets;
 use std::sync::{Arc, Mutex};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        Array, ArrayOfMaps, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap,
+        RingBuf,
+    },
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
@@ -89,8 +92,46 @@ pub enum ProbeError {
     Map(&'static str, aya::maps::MapError),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("reading the CPU list ({0}): {1}")]
+    Cpus(&'static str, std::io::Error),
     #[error("harvesting the flow table: {0:#}")]
     Harvest(anyhow::Error),
+}
+
+/// The CPU count the kernel may ever run (the per-CPU ring array's size).
+fn possible_cpus() -> Result<u32, ProbeError> {
+    aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .map_err(|(path, e)| ProbeError::Cpus(path, e))
+}
+
+/// One ring of `bytes` for every online CPU, set in `EVENT_RINGS` at the
+/// CPU's index (a CPU brought online later finds none: its events count as
+/// ring-buffer drops).
+fn make_rings(ebpf: &mut Ebpf, bytes: u32) -> Result<Vec<RingBuf<MapData>>, ProbeError> {
+    const NAME: &str = "EVENT_RINGS";
+    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
+    let mut outer: ArrayOfMaps<&mut MapData> =
+        ArrayOfMaps::try_from(map).map_err(|e| ProbeError::Map(NAME, e))?;
+    let cpus = aya::util::online_cpus().map_err(|(path, e)| ProbeError::Cpus(path, e))?;
+    let mut rings = Vec::with_capacity(cpus.len());
+    for cpu in cpus {
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            0,
+            0,
+            bytes,
+            0,
+        );
+        let ring = MapData::create(def, &format!("events_cpu{cpu}"), None)
+            .map_err(|e| ProbeError::Map(NAME, e))?;
+        outer
+            .set(cpu, &ring, 0)
+            .map_err(|e| ProbeError::Map(NAME, e))?;
+        let ring = RingBuf::try_from(Map::RingBuf(ring)).map_err(|e| ProbeError::Map(NAME, e))?;
+        rings.push(ring);
+    }
+    Ok(rings)
 }
 
 fn program_stats(ebpf: &Ebpf, name: &str) -> Result<RunStats, ProbeError> {
@@ -223,7 +264,8 @@ pub struct ProbeOptions {
     pub emit_events: bool,
     /// Keep the per-flow table (every mode that reports or exports flows).
     pub flows: bool,
-    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    /// Each CPU's ring buffer size in bytes (power of two, multiple of the
+    /// page size).
     pub ring_bytes: u32,
     /// Capacity of the per-flow breakdown table.
     pub flow_entries: u32,
@@ -231,8 +273,8 @@ pub struct ProbeOptions {
     pub btf_path: Option<std::path::PathBuf>,
 }
 
-/// Default ring buffer size (4 MiB; `--ring-kib`).
-pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+/// Default size of each CPU's ring buffer (1 MiB; `--ring-kib`).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
 /// Default flow-table capacity.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 16_384;
 
@@ -257,6 +299,9 @@ pub struct Probe {
     ebpf: Ebpf,
     /// `QUEUE_DROP_PROGRAM` is attached.
     queue_drops: bool,
+    /// Every online CPU's event ring (made before the programs attach, so
+    /// no event finds its CPU without one), until `take_events`.
+    rings: Vec<RingBuf<MapData>>,
 }
 
 impl Probe {
@@ -290,9 +335,14 @@ impl Probe {
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global("WAKE_BYTES", &wake_bytes, true)
-            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("EVENT_RINGS", possible_cpus()?)
             .map_max_entries("FLOWS", opts.flow_entries)
             .load(OBJECT)?;
+        let rings = if opts.emit_events {
+            make_rings(&mut ebpf, opts.ring_bytes)?
+        } else {
+            Vec::new()
+        };
         load_and_attach(&mut ebpf, PROGRAM, &btf)?;
         load_and_attach(&mut ebpf, SYNACK_PROGRAM, &btf)?;
         let queue_drops = opts.emit_events && offsets.listen_overflow_reason != 0;
@@ -309,6 +359,7 @@ impl Probe {
             harvest,
             ebpf,
             queue_drops,
+            rings,
         })
     }
 
@@ -350,13 +401,9 @@ impl Probe {
             .transpose()
     }
 
-    /// The event ring buffer (only fills when `emit_events` was set).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
+    /// Every CPU's event ring (none unless `emit_events` was set).
+    pub fn take_events(&mut self) -> Vec<RingBuf<MapData>> {
+        std::mem::take(&mut self.rings)
     }
 
     /// Tell the kernel side who owns listening sockets that predate the tracer.

@@ -110,7 +110,7 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<()> {
     let reason = rec
         .until_stop(&mut signals, &mut fd, &mut w, &mut sink)
         .await?;
-    sink.drain(fd.get_mut(), &mut w)?;
+    sink.drain(&mut fd, &mut w, true)?;
     w.push(&snapshot_record(&tracer, &opts)?)?;
     rec.finish(w, reason, &sink)
 }
@@ -128,27 +128,47 @@ struct EventSink {
 }
 
 impl EventSink {
+    /// Write what the rings hold (`all`: at the stop, nothing held back);
+    /// the first write error stops the writing and is returned.
     fn drain(
         &mut self,
-        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        rings: &mut crate::run::EventRing,
+        w: &mut Writer<BufWriter<File>>,
+        all: bool,
+    ) -> io::Result<()> {
+        let mut failed = None;
+        let take = |item| {
+            if failed.is_none() {
+                failed = self.take(item, w).err();
+            }
+        };
+        if all {
+            rings.drain_all(take);
+        } else {
+            rings.drain(take);
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn take(
+        &mut self,
+        item: Result<tracer_common::Event, event::DecodeError>,
         w: &mut Writer<BufWriter<File>>,
     ) -> io::Result<()> {
-        while let Some(item) = ring.next() {
-            match event::decode(&item) {
-                // Recordings keep transitions only (counted, not written).
-                Ok(e) if e.kind != tracer_common::event_kind::TRANSITION => {
-                    self.listener_events += 1;
-                }
-                Ok(e) => {
-                    let mut t = Transition::from_event(&e, &self.clock);
-                    t.cgroup = self.cgroups.path(e.cgroup_id);
-                    w.push(&Record::Event(RecEvent::from_transition(&t)))?;
-                    self.events += 1;
-                }
-                Err(e) => {
-                    self.bad += 1;
-                    log::warn!("{e}");
-                }
+        match item {
+            // Recordings keep transitions only (counted, not written).
+            Ok(e) if e.kind != tracer_common::event_kind::TRANSITION => {
+                self.listener_events += 1;
+            }
+            Ok(e) => {
+                let mut t = Transition::from_event(&e, &self.clock);
+                t.cgroup = self.cgroups.path(e.cgroup_id);
+                w.push(&Record::Event(RecEvent::from_transition(&t)))?;
+                self.events += 1;
+            }
+            Err(e) => {
+                self.bad += 1;
+                log::warn!("{e}");
             }
         }
         Ok(())
@@ -186,13 +206,12 @@ impl Recording<'_> {
                 _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => return Ok(Stop::Duration),
                 // The kernel side wakes us only once a quarter of the ring is
                 // pending: drain on a short timer too, so blocks stay small.
-                _ = drain_tick.tick() => sink.drain(fd.get_mut(), w)?,
+                _ = drain_tick.tick() => sink.drain(fd, w, false)?,
                 _ = flush.tick() => w.flush_block()?,
                 _ = snap_tick.tick() => w.push(&snapshot_record(self.tracer, self.opts)?)?,
-                guard = fd.readable_mut() => {
-                    let mut guard = guard?;
-                    sink.drain(guard.get_inner_mut(), w)?;
-                    guard.clear_ready();
+                r = fd.readable() => {
+                    r?;
+                    sink.drain(fd, w, false)?;
                 }
             }
             if full(w) {

@@ -12,13 +12,13 @@ pub mod ui;
 use std::{io::IsTerminal, time::Instant};
 
 use ratatui::crossterm::event::{self as ct, Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::sync::mpsc;
 
 use self::{
     model::{Column, Model},
     ui::View,
 };
-use crate::{cli::TopArgs, event, SummaryOptions, Tracer};
+use crate::{cli::TopArgs, SummaryOptions, Tracer};
 
 /// What a key does to the view; true: quit.
 pub fn key(v: &mut View, k: KeyEvent) -> bool {
@@ -113,16 +113,21 @@ pub async fn run(args: &TopArgs) -> anyhow::Result<()> {
     // A minute of history for the sparklines.
     let window = (60.0 / args.interval.as_secs_f64()).ceil() as usize;
     let mut model = Model::new(0.0).with_window(window.min(3600));
-    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, m: &mut Model| {
-        while let Some(item) = ring.next() {
-            if let Ok(e) = event::decode(&item) {
+    let drain = |rings: &mut crate::run::EventRing, m: &mut Model| {
+        rings.drain(|item| {
+            if let Ok(e) = item {
                 m.event(&e);
             }
-        }
+        });
     };
     if args.once {
         tokio::time::sleep(args.interval).await;
-        drain(fd.get_mut(), &mut model);
+        // One frame: everything so far, nothing held back for order.
+        fd.drain_all(|item| {
+            if let Ok(e) = item {
+                model.event(&e);
+            }
+        });
         src.update(&mut model)?;
         let (w, h) = ratatui::crossterm::terminal::size().unwrap_or((80, 24));
         let v = View {
@@ -167,13 +172,13 @@ fn spawn_input() -> mpsc::UnboundedReceiver<TermEvent> {
 )]
 async fn interactive(
     term: &mut ratatui::DefaultTerminal,
-    fd: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    fd: &mut crate::run::EventRing,
     src: &Source,
     model: &mut Model,
     mut view: View,
     args: &TopArgs,
     signals: &mut crate::run::StopSignals,
-    drain: impl Fn(&mut aya::maps::RingBuf<aya::maps::MapData>, &mut Model),
+    drain: impl Fn(&mut crate::run::EventRing, &mut Model),
 ) -> anyhow::Result<()> {
     let mut input = spawn_input();
     let mut tick = tokio::time::interval(args.interval);
@@ -187,14 +192,13 @@ async fn interactive(
             _ = tick.tick() => {
                 // The kernel side wakes us only once a quarter of the ring
                 // is pending: take what a quieter second left first.
-                drain(fd.get_mut(), model);
+                drain(fd, model);
                 src.update(model)?;
                 view.clock = clock();
             }
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), model);
-                guard.clear_ready();
+            r = fd.readable() => {
+                r?;
+                drain(fd, model);
                 continue;
             }
             e = input.recv() => match e {
