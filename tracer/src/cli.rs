@@ -127,8 +127,8 @@ pub struct TopArgs {
     /// Stop after this long (default: until q or Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Ring buffer size in KiB (power of two, ≥ 4): top reads events for the
-    /// per-group handshake percentiles.
+    /// Each CPU's event ring in KiB (power of two, ≥ 4): top reads events
+    /// for the per-group handshake percentiles.
     #[arg(long, default_value_t = crate::DEFAULT_RING_KIB, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -152,9 +152,9 @@ pub struct RecordArgs {
     /// How often to snapshot the aggregates and the socket population.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub snapshot_every: Duration,
-    /// Ring buffer size in KiB (power of two, ≥ 4). Larger than the other
-    /// modes' default: the recorder does more per event than printing it.
-    #[arg(long, default_value_t = 16384, value_parser = parse_ring_kib)]
+    /// Each CPU's event ring in KiB (power of two, ≥ 4). Larger than the
+    /// other modes' default: the recorder does more per event than printing it.
+    #[arg(long, default_value_t = crate::RECORD_RING_KIB, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     /// CLOSE_WAIT sockets older than this are recorded as leaks.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -315,7 +315,7 @@ pub struct EventsArgs {
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Ring buffer size in KiB (power of two, ≥ 4).
+    /// Each CPU's event ring in KiB (power of two, ≥ 4).
     #[arg(long, default_value_t = crate::DEFAULT_RING_KIB, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     /// Replay the events of a recording (`tracer record`) instead of tracing
@@ -499,7 +499,7 @@ mod tests {
         };
         assert_eq!(r.max_size, Some(100 << 20));
         assert_eq!(r.output, std::path::PathBuf::from("x.rec"));
-        assert_eq!(r.ring_kib, 16384);
+        assert_eq!(r.ring_kib, crate::RECORD_RING_KIB);
         let c = Cli::try_parse_from(["tracer", "top", "--interval", "2s", "--once", "-p", "1"])
             .unwrap();
         let Some(Command::Top(t)) = c.command else {

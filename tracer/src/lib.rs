@@ -371,8 +371,12 @@ fn seed_listeners(probe: &mut Probe) -> anyhow::Result<()> {
 /// Linux's default net.ipv4.ip_local_port_range.
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
 
-/// The ring buffer's size (KiB) when no `--ring-kib` is given.
-pub const DEFAULT_RING_KIB: u32 = 4096;
+/// Each CPU's event ring size (KiB) when no `--ring-kib` is given.
+pub const DEFAULT_RING_KIB: u32 = 1024;
+
+/// `tracer record`'s default ring size per CPU (KiB): larger, since the
+/// recorder does more per event than printing it.
+pub const RECORD_RING_KIB: u32 = 4096;
 
 /// The ring buffer's size (bytes) when no events are sent: one page, the
 /// kernel's minimum.

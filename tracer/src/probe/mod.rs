@@ -273,8 +273,8 @@ pub struct ProbeOptions {
     pub btf_path: Option<std::path::PathBuf>,
 }
 
-/// Default size of each CPU's ring buffer (1 MiB; `--ring-kib`).
-pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+/// Default size of each CPU's ring buffer (`--ring-kib`).
+pub const DEFAULT_RING_BYTES: u32 = crate::DEFAULT_RING_KIB * 1024;
 /// Default flow-table capacity.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 16_384;
 
