@@ -4,9 +4,9 @@
 //! for that, its /proc/PID/net/tcp{,6}. What could not be read is listed in
 //! the coverage, never skipped silently.
 //!
-//! The same sock_diag dump (one per family and namespace: each walks the
-//! kernel's whole established hash, shared by every namespace, so it is
-//! the cost of a report) also yields the connecting and CLOSE_WAIT sockets,
+//! The same sock_diag dump (one per namespace, both families in one walk
+//! of the kernel's whole established hash, shared by every namespace, so
+//! it is the cost of a report) also yields the connecting and CLOSE_WAIT sockets,
 //! whose kernel-side state (by cookie) gives the connect and CLOSE_WAIT
 //! ages; a LISTEN-only dump (no established-hash walk) gives the listeners
 //! with their queue figures.
@@ -139,7 +139,7 @@ struct DiagRead {
 
 /// The calling thread's namespace (`netns`, whose port range is `range`)
 /// through sock_diag: its population into `tally`, the rest returned. Two
-/// dumps per family: every state but LISTEN without extensions (the walk
+/// dumps, each of both families: every state but LISTEN without extensions (the walk
 /// of the kernel's established hash, the cost of a report), and LISTEN
 /// alone with the memory figures (`drops`; no established-hash walk). The
 /// kernel side's state of its SYN_SENT and CLOSE_WAIT sockets is then
