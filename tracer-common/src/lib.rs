@@ -103,8 +103,8 @@ pub mod counter {
     /// A socket's transition found no per-socket state: the socket predates
     /// the tracer (its time in state and handshake latency are unknown).
     pub const INFLIGHT_MISSING: u32 = 2;
-    /// A socket's state could not be created (the `SOCKS` table full at
-    /// `SOCKET_SLOTS`, or no kernel memory): counted, the socket's
+    /// A socket's state could not be created (both per-socket tables full,
+    /// `HOT_SOCKET_SLOTS` + `SOCKET_SLOTS`, or no kernel memory): counted, the socket's
     /// transitions still count.
     pub const INFLIGHT_INSERT_FAILED: u32 = 3;
     /// The per-flow breakdown table was full: the flow's numbers went to the
@@ -575,14 +575,17 @@ pub struct TwSlot {
 }
 pub const TW_SLOTS: u32 = 64;
 
-/// Capacity of the per-socket state table (`SOCKS`): sockets with a
-/// connection's state at once. Not preallocated: the kernel keeps one
-/// bucket (16 B) per slot up front and allocates an entry per live socket;
-/// a socket that finds it full is counted (`counter::INFLIGHT_INSERT_FAILED`).
-/// The buckets (16 MiB here) cost time too: every lookup and insert lands
-/// on a random one, a cache and TLB miss. Summary mode under full-speed
-/// churn measured 207 / 221 / 238 / 242 ns per transition with 2^14 /
-/// 2^16 / 2^18 / 2^20 slots; a million is what the tracer promises to hold.
+/// Capacity of the per-socket state tables: sockets with a connection's
+/// state at once, `HOT_SOCKET_SLOTS` in `SOCKS` and `SOCKET_SLOTS` more in
+/// `SOCKS_MORE`. Not preallocated: the kernel keeps one bucket (16 B) per
+/// slot up front and allocates an entry per live socket; a socket that
+/// finds both full is counted (`counter::INFLIGHT_INSERT_FAILED`). The
+/// buckets cost time too: every lookup and insert lands on a random one,
+/// a cache and TLB miss once they outgrow the caches. Summary mode under
+/// full-speed churn measured 207 / 221 / 238 / 242 ns per transition with
+/// one table of 2^14 / 2^16 / 2^18 / 2^20 slots; a million is what the
+/// tracer promises to hold, so the first sockets get the small table.
+pub const HOT_SOCKET_SLOTS: u32 = 1 << 14;
 pub const SOCKET_SLOTS: u32 = 1 << 20;
 
 /// Slot of (old, new) in the 13x13 transition matrix.

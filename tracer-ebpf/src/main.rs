@@ -13,7 +13,8 @@
 //! accept queue refused and the RSTs that ended half-open handshakes, in
 //! events mode where the kernel names the listener.
 //!
-//! Rooms: `maps` (every map), `sock` (field loads), `filter` (the verdict),
+//! Rooms: `maps` (every map), `sock` (field loads), `socks` (per-socket
+//! state), `filter` (the verdict),
 //! `listener` (listening sockets), `synack` (per-listener figures),
 //! `overflow` (queue-drop and half-open-reset events),
 //! `transition` (everything else), `output`
@@ -31,6 +32,7 @@ mod maps;
 mod output;
 mod overflow;
 mod sock;
+mod socks;
 mod synack;
 mod transition;
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     hist::Hist, hist_kind, Event, FlowKey, FlowStats, ListenerKey, ListenerStats, Owner, SockState,
-    Stats, TwSlot, SOCKET_SLOTS, TW_SLOTS,
+    Stats, TwSlot, HOT_SOCKET_SLOTS, SOCKET_SLOTS, TW_SLOTS,
 };
 
 /// Events for live mode: one ring buffer per CPU (written in place; full →
@@ -70,9 +70,15 @@ pub static LISTENER_STATS: PerCpuHashMap<ListenerKey, ListenerStats> =
 /// storage, which cost as much per transition but twice the host CPU per
 /// connection outside the program (a kzalloc with memcg charging at birth,
 /// an RCU free at socket destruction); the hash's entries come from the
-/// kernel's per-CPU BPF allocator caches.
+/// kernel's per-CPU BPF allocator caches. The first `HOT_SOCKET_SLOTS`
+/// sockets live here, the rest in `SOCKS_MORE` (see `socks`).
 #[map]
 pub static SOCKS: HashMap<u64, SockState> =
+    HashMap::with_max_entries(HOT_SOCKET_SLOTS, BPF_F_NO_PREALLOC);
+
+/// `SOCKS` for the sockets beyond its capacity: `SOCKET_SLOTS` more.
+#[map]
+pub static SOCKS_MORE: HashMap<u64, SockState> =
     HashMap::with_max_entries(SOCKET_SLOTS, BPF_F_NO_PREALLOC);
 
 /// A per-CPU stand-in state for a socket that has none (first seen at its

@@ -21,9 +21,10 @@ use tracer_common::{
 use crate::{
     filter::{self, Verdict},
     ld, listener,
-    maps::{bump, stats, SCRATCH, SOCKS},
+    maps::{bump, stats, SCRATCH},
     output::{self, EventFacts, FlowArgs},
     sock::{self, Ends},
+    socks::{self, Slot},
 };
 
 /// One run's transition: the socket, the two states, the time and the ends.
@@ -33,7 +34,7 @@ pub struct Tr {
     /// sock_diag); 0 for a listener's own transitions and while it is not
     /// the socket's own (`machine::birth_in_clone`).
     pub cookie: u64,
-    /// The connection's key in `SOCKS`: its cookie, or its address while
+    /// The connection's key in `socks`: its cookie, or its address while
     /// the cookie is not its own (kernel addresses and cookies, small
     /// counters, never meet).
     pub key: u64,
@@ -148,11 +149,10 @@ fn connection(stats: &mut Stats, t: &Tr) {
         return;
     }
     match state_of(t) {
-        Some((key, st)) => {
+        Some((at, st)) => {
             on_socket(stats, st, t);
             if t.new == state::CLOSE {
-                // The connection is over: its socket may be freed now.
-                let _ = SOCKS.remove(&key);
+                socks::remove(at);
             }
         }
         None => {
@@ -179,7 +179,7 @@ fn born(stats: &mut Stats, t: &Tr) {
         return;
     };
     on_socket(stats, st, t);
-    if SOCKS.insert(&t.key, &*st, BPF_ANY as u64).is_err() {
+    if socks::insert(t.key, st, BPF_ANY as u64).is_err() {
         bump(stats, counter::INFLIGHT_INSERT_FAILED);
     }
 }
@@ -212,33 +212,25 @@ static ZERO_STATE: SockState = SockState {
     _pad: [0; 7],
 };
 
-/// The key and state in `SOCKS` of a socket past its birth, created
+/// Where the state of a socket past its birth is, and the state, created
 /// (zeroed) at its first sight mid-life, never at its → CLOSE: a first
 /// sight inserts only if no other CPU's run did meanwhile.
 #[inline(always)]
-fn state_of(t: &Tr) -> Option<(u64, &'static mut SockState)> {
-    if let Some(found) = lookup(t.key) {
+fn state_of(t: &Tr) -> Option<(Slot, &'static mut SockState)> {
+    if let Some(found) = socks::get(t.key) {
         return Some(found);
     }
     if t.old == state::SYN_RECV {
         let at = clone_birth_key(t);
         if at != 0 {
-            return lookup(at);
+            return socks::get(at);
         }
     }
     if t.new == state::CLOSE {
         return None;
     }
-    let _ = SOCKS.insert(&t.key, &ZERO_STATE, BPF_NOEXIST as u64);
-    lookup(t.key)
-}
-
-#[inline(always)]
-fn lookup(key: u64) -> Option<(u64, &'static mut SockState)> {
-    // SAFETY: the map's value for this socket, valid for this run.
-    // Transitions of one socket are serialized by the kernel (socket lock),
-    // so no other run writes it meanwhile.
-    SOCKS.get_ptr_mut(&key).map(|p| (key, unsafe { &mut *p }))
+    let _ = socks::insert(t.key, &ZERO_STATE, BPF_NOEXIST as u64);
+    socks::get(t.key)
 }
 
 /// A child born inside its listener's clone kept its state under its
@@ -247,16 +239,14 @@ fn lookup(key: u64) -> Option<(u64, &'static mut SockState)> {
 /// the key the state is under now, 0 for none.
 #[inline(never)]
 fn clone_birth_key(t: &Tr) -> u64 {
-    let at = sock::address(t.sk);
-    let Some(p) = SOCKS.get_ptr(&at) else {
+    let Some((from, st)) = socks::get(sock::address(t.sk)) else {
         return 0;
     };
     if t.new == state::CLOSE {
-        return at;
+        return from.key;
     }
-    // SAFETY: the map's value, valid for this run; the helper copies it.
-    let moved = SOCKS.insert(&t.key, unsafe { &*p }, BPF_ANY as u64).is_ok();
-    let _ = SOCKS.remove(&at);
+    let moved = socks::insert(t.key, st, BPF_ANY as u64).is_ok();
+    socks::remove(from);
     if moved {
         t.key
     } else {
@@ -350,7 +340,7 @@ fn decide(st: &mut SockState, t: &Tr) -> bool {
 
 /// After a counted or filtered transition: time the new state (0, not
 /// known, where the run read no clock). At → CLOSE the state is done with:
-/// its `SOCKS` entry goes after this run's last use, in `connection`.
+/// its `socks` entry goes after this run's last use, in `connection`.
 #[inline(always)]
 fn finish(st: &mut SockState, t: &Tr) {
     st.ts_state = t.now;

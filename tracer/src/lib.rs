@@ -175,7 +175,7 @@ impl Tracer {
         // Streamed into the tally: no list of every socket on the host.
         let mut tally = report::SocketTally::new(snap, sysctls.ip_local_port_range);
         let found = population::namespaces(&self.filter)?;
-        let socks = self.probe.socket_table_fd();
+        let socks = self.probe.socket_tables();
         let read = population::read_all(
             &found,
             &self.filter,

@@ -11,7 +11,7 @@
 //! ages; a LISTEN-only dump (no established-hash walk) gives the listeners
 //! with their queue figures.
 
-use std::{collections::HashMap, os::fd::BorrowedFd};
+use std::collections::HashMap;
 
 use tracer_common::{state, SockState};
 
@@ -19,7 +19,7 @@ use crate::{
     filter::FilterSpec,
     host::cgroup,
     host::diag::{self, DiagDetail, DiagError, DiagSocket, ExtensionFlags},
-    host::diag_storage,
+    host::diag_storage::{self, SocketTables},
     host::kube,
     host::listeners::{self, ListenSysctls},
     host::netns::{self, EnterError, Namespace},
@@ -63,7 +63,7 @@ pub fn read_all(
     d: &netns::Discovery,
     filter: &FilterSpec,
     own_sysctls: &Sysctls,
-    socks: Option<BorrowedFd<'_>>,
+    socks: Option<SocketTables<'_>>,
     tally: &mut SocketTally,
 ) -> anyhow::Result<Read> {
     let mut out = Read {
@@ -149,7 +149,7 @@ fn read_diag(
     netns: u32,
     range: (u16, u16),
     filter: &FilterSpec,
-    socks: Option<BorrowedFd<'_>>,
+    socks: Option<SocketTables<'_>>,
     tally: &mut SocketTally,
 ) -> Result<DiagRead, DiagError> {
     let got = dump_one(netns, range, filter, tally);
@@ -205,7 +205,7 @@ impl DiagRead {
     }
 
     /// The kernel side's state of the kept SYN_SENT and CLOSE_WAIT sockets.
-    fn look_up(&mut self, fd: BorrowedFd<'_>) -> Result<(), DiagError> {
+    fn look_up(&mut self, fd: SocketTables<'_>) -> Result<(), DiagError> {
         let connects = self
             .listen
             .sockets
@@ -238,7 +238,7 @@ fn add(filter: &FilterSpec, tally: &mut SocketTally, s: &DiagSocket) {
 fn read_other(
     ns: &Namespace,
     filter: &FilterSpec,
-    socks: Option<BorrowedFd<'_>>,
+    socks: Option<SocketTables<'_>>,
     tally: &mut SocketTally,
 ) -> Result<(&'static str, Option<DiagRead>), ReadError> {
     let entered = netns::within(ns, || {

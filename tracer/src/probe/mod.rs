@@ -19,7 +19,10 @@ use tracer_common::{
     TwSlot, TW_SLOTS,
 };
 
-use crate::model::{Breakdown, Histogram, Snapshot};
+use crate::{
+    host::diag_storage::SocketTables,
+    model::{Breakdown, Histogram, Snapshot},
+};
 use harvest::{HarvestThread, Harvester};
 use offsets::OffsetError;
 
@@ -421,16 +424,19 @@ impl Probe {
         Ok(())
     }
 
-    /// The per-socket state table (`SOCKS`: socket cookie → state), read
-    /// for the sockets sock_diag lists (`host::diag_storage`).
-    pub fn socket_table_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ProbeError> {
-        let map = self
-            .ebpf
-            .map("SOCKS")
-            .ok_or(ProbeError::MissingMap("SOCKS"))?;
-        match map {
-            aya::maps::Map::HashMap(data) => Ok(std::os::fd::AsFd::as_fd(data.fd())),
-            _ => Err(ProbeError::MissingMap("SOCKS")),
+    /// The per-socket state tables (`SOCKS`, `SOCKS_MORE`: socket cookie →
+    /// state), read for the sockets sock_diag lists (`host::diag_storage`).
+    pub fn socket_tables(&self) -> Result<SocketTables<'_>, ProbeError> {
+        Ok(SocketTables {
+            hot: self.hash_map_fd("SOCKS")?,
+            more: self.hash_map_fd("SOCKS_MORE")?,
+        })
+    }
+
+    fn hash_map_fd(&self, name: &'static str) -> Result<std::os::fd::BorrowedFd<'_>, ProbeError> {
+        match self.ebpf.map(name) {
+            Some(aya::maps::Map::HashMap(data)) => Ok(std::os::fd::AsFd::as_fd(data.fd())),
+            _ => Err(ProbeError::MissingMap(name)),
         }
     }
 
